@@ -1,0 +1,299 @@
+"""The one typed configuration: YAML in, `--set section.key=value` overrides, one-line errors.
+
+Every setting of every job lives here, with its default and its allowed range. A YAML file only
+names what differs from the defaults; an unknown key, a wrong type or an out-of-range value fails
+at load time with a `ConfigError` naming the key, the value and what was expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from segcore.errors import InputError
+
+
+class ConfigError(InputError):
+    """A bad key or value in a config file or override; the message is one line."""
+
+
+def _check(key: str, value: Any, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' has value {value!r}: expected {expected}")
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["refinenet"] = "refinenet"
+    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
+    # 256 matches the public fork (its checkpoints load); a small width makes CPU development fast.
+    decoder_width: int = 256
+    # ImageNet weights are fetched from the internet: off by default, never on in tests or the demo.
+    pretrained: bool = False
+
+    def validate(self, at: str) -> None:
+        _check(f"{at}.decoder_width", self.decoder_width, self.decoder_width >= 1, "an integer >= 1")
+
+
+@dataclass
+class InputConfig:
+    """How raster pixels become model input in [0, 1]; shared by prepare, train and segment."""
+
+    bands: list[int] = field(default_factory=lambda: [1, 2, 3])  # 1-based, in R, G, B order
+    # Pixel value that maps to 1.0. None: 255 for uint8 imagery; any other dtype needs a value here.
+    scale_max: Optional[float] = None
+    # Overrides the raster's own nodata value; None uses the raster's (if it has one).
+    nodata: Optional[float] = None
+
+    def validate(self, at: str) -> None:
+        _check(f"{at}.bands", self.bands, len(self.bands) == 3 and all(b >= 1 for b in self.bands),
+               "three 1-based band indexes, e.g. [1, 2, 3]")
+        if self.scale_max is not None:
+            _check(f"{at}.scale_max", self.scale_max, self.scale_max > 0, "a number > 0 or null")
+
+
+@dataclass
+class PrepareConfig:
+    tile_size: int = 384
+    overlap: int = 0  # pixels shared by neighbouring patches (stride = tile_size - overlap)
+    # The spatial split assigns whole blocks of this many pixels a side to one split, so
+    # overlapping or neighbouring patches never straddle train and val.
+    split_block: int = 1536
+    train_ratio: float = 0.7
+    val_ratio: float = 0.15
+    test_ratio: float = 0.15
+    seed: int = 0
+
+    def validate(self, at: str) -> None:
+        _check(f"{at}.tile_size", self.tile_size, self.tile_size >= 32 and self.tile_size % 32 == 0,
+               "a multiple of 32, >= 32")
+        _check(f"{at}.overlap", self.overlap, 0 <= self.overlap < self.tile_size, "0 <= overlap < tile_size")
+        _check(f"{at}.split_block", self.split_block, self.split_block >= self.tile_size, ">= tile_size")
+        for name in ("train_ratio", "val_ratio", "test_ratio"):
+            value = getattr(self, name)
+            _check(f"{at}.{name}", value, 0.0 <= value <= 1.0, "a fraction in [0, 1]")
+        total = self.train_ratio + self.val_ratio + self.test_ratio
+        _check(f"{at}.train_ratio", self.train_ratio, abs(total - 1.0) < 1e-6,
+               f"train_ratio + val_ratio + test_ratio == 1 (they sum to {total:g})")
+
+
+@dataclass
+class AugmentConfig:
+    """Albumentations applied to training patches on the CPU side (the fork's flips and rotation)."""
+
+    hflip: float = 0.5  # probability
+    vflip: float = 0.5
+    rotate_limit: float = 15.0  # degrees
+    rotate_p: float = 0.5
+    brightness_contrast: float = 0.0  # probability of a +-0.1 brightness/contrast jitter
+
+    def validate(self, at: str) -> None:
+        for name in ("hflip", "vflip", "rotate_p", "brightness_contrast"):
+            value = getattr(self, name)
+            _check(f"{at}.{name}", value, 0.0 <= value <= 1.0, "a probability in [0, 1]")
+        _check(f"{at}.rotate_limit", self.rotate_limit, 0 <= self.rotate_limit <= 180, "degrees in [0, 180]")
+
+
+@dataclass
+class TrainConfig:
+    data_root: str = ""  # ROOT/{train,val,test}/{images,labels}, local or s3://
+    run_dir: str = "runs/train"  # checkpoints, metrics.csv, plots; local or s3://
+    tile_size: int = 384  # every patch must be tile_size x tile_size
+    epochs: int = 50
+    batch_size: int = 16  # per worker
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    loss: Literal["bce", "bce_dice", "bce_jaccard"] = "bce_dice"
+    loss_weight: float = 1.0  # weight of the Dice or Jaccard term
+    scheduler: Literal["none", "cosine", "step", "plateau"] = "cosine"
+    warmup_epochs: int = 0
+    step_size: int = 10  # epochs, for scheduler "step"
+    gamma: float = 0.1  # lr factor for "step" and "plateau"
+    plateau_patience: int = 3
+    grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
+    early_stop_patience: int = 0  # epochs without a better val IoU; 0 disables early stopping
+    threshold: float = 0.45  # the fork's decision threshold for the validation metrics
+    seed: int = 0
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    gpus_per_worker: float = 1.0  # only with use_gpu
+    precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast applies on GPU only
+    channels_last: bool = True  # GPU only
+    max_failures: int = 2  # worker failures Ray Train recovers from (from the last checkpoint)
+    # Test-only fault hook: worker rank 1 exits abruptly at this epoch on the first attempt; -1 = off.
+    fault_epoch: int = -1
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def validate(self, at: str) -> None:
+        for name, low in (("epochs", 1), ("batch_size", 1), ("num_workers", 1), ("cpus_per_worker", 1),
+                          ("step_size", 1), ("plateau_patience", 0), ("warmup_epochs", 0),
+                          ("early_stop_patience", 0), ("max_failures", 0)):
+            value = getattr(self, name)
+            _check(f"{at}.{name}", value, value >= low, f"an integer >= {low}")
+        _check(f"{at}.tile_size", self.tile_size, self.tile_size >= 32 and self.tile_size % 32 == 0,
+               "a multiple of 32, >= 32")
+        _check(f"{at}.lr", self.lr, self.lr > 0, "a number > 0")
+        _check(f"{at}.weight_decay", self.weight_decay, self.weight_decay >= 0, "a number >= 0")
+        _check(f"{at}.loss_weight", self.loss_weight, self.loss_weight >= 0, "a number >= 0")
+        _check(f"{at}.gamma", self.gamma, 0 < self.gamma <= 1, "a factor in (0, 1]")
+        _check(f"{at}.grad_clip", self.grad_clip, self.grad_clip >= 0, "a number >= 0 (0 disables)")
+        _check(f"{at}.threshold", self.threshold, 0 < self.threshold < 1, "a probability in (0, 1)")
+        _check(f"{at}.gpus_per_worker", self.gpus_per_worker, self.gpus_per_worker > 0, "a number > 0")
+
+
+@dataclass
+class SegmentConfig:
+    tile_size: int = 384  # model input; a multiple of 32
+    overlap: int = 64  # pixels shared by neighbouring tiles, blended with a smooth window
+    block_size: int = 2304  # pixels a side of the unit of work (read, infer, write, resume)
+    batch_size: int = 8  # tiles per forward pass
+    threshold: Optional[float] = None  # None: the checkpoint's stored threshold, else 0.45
+    actors: int = 1  # inference actor pool size
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0  # 1 on GPU clusters; 0 runs CPU actors (local mode)
+    torch_threads: int = 0  # intra-op threads per CPU actor; 0 = cpus_per_actor
+    precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast applies on GPU only
+    channels_last: bool = True  # GPU only
+    write_probability: bool = False  # also write a uint8 0-255 probability COG
+    write_polygons: bool = False  # also write building polygons
+    polygon_format: Literal["geojson", "gpkg"] = "geojson"
+    preview_size: int = 1024  # longest side of the preview PNG in pixels; 0 disables
+
+    def validate(self, at: str) -> None:
+        _check(f"{at}.tile_size", self.tile_size, self.tile_size >= 32 and self.tile_size % 32 == 0,
+               "a multiple of 32, >= 32")
+        _check(f"{at}.overlap", self.overlap, 0 <= self.overlap < self.tile_size,
+               f"0 <= overlap < tile_size ({self.tile_size})")
+        _check(f"{at}.block_size", self.block_size, self.block_size >= self.tile_size, ">= tile_size")
+        _check(f"{at}.batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
+        if self.threshold is not None:
+            _check(f"{at}.threshold", self.threshold, 0 < self.threshold < 1, "a probability in (0, 1) or null")
+        _check(f"{at}.actors", self.actors, self.actors >= 1, "an integer >= 1")
+        _check(f"{at}.cpus_per_actor", self.cpus_per_actor, self.cpus_per_actor > 0, "a number > 0")
+        _check(f"{at}.gpus_per_actor", self.gpus_per_actor, self.gpus_per_actor >= 0, "a number >= 0")
+        _check(f"{at}.torch_threads", self.torch_threads, self.torch_threads >= 0, "an integer >= 0")
+        _check(f"{at}.preview_size", self.preview_size, self.preview_size >= 0, "an integer >= 0")
+
+
+@dataclass
+class S3Config:
+    """Where s3:// paths go. Credentials come from the standard AWS environment/profile, never from here."""
+
+    endpoint_url: Optional[str] = None  # e.g. a MinIO or test server; None = AWS
+    region: Optional[str] = None
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    s3: S3Config = field(default_factory=S3Config)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Return value as type `hint`, or raise a ConfigError naming key, value and the expected type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is Literal:
+        _check(key, value, value in args, "one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin is list:
+        _check(key, value, isinstance(value, list), "a list")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        _check(key, value, isinstance(value, dict), "a mapping of settings")
+        return _build(hint, value, key)
+    if hint is bool:
+        _check(key, value, isinstance(value, bool), "true or false")
+    elif hint is int:
+        _check(key, value, isinstance(value, int) and not isinstance(value, bool), "an integer")
+    elif hint is float:
+        if isinstance(value, str) and _is_number(value):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            value = float(value)
+        _check(key, value, isinstance(value, (int, float)) and not isinstance(value, bool), "a number")
+        value = float(value)
+    elif hint is str:
+        _check(key, value, isinstance(value, str), "a string")
+    return value
+
+
+def _build(cls: type, data: dict, at: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            where = f"{at}.{key}" if at else str(key)
+            raise ConfigError(f"config key '{where}' is unknown: expected one of {', '.join(names)}")
+    values = {k: _coerce(f"{at}.{k}" if at else k, v, hints[k]) for k, v in data.items()}
+    obj = cls(**values)
+    if hasattr(obj, "validate"):
+        obj.validate(at)
+    return obj
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a Config from a YAML file (or the defaults when path is None), then apply overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            where = f" (line {line + 1})" if line is not None else ""
+            raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    for item in overrides:
+        keys, value = _parse_override(item)
+        node = data
+        for part in keys[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: '{part}' is a setting, not a section")
+            node = child
+        node[keys[-1]] = value
+    return config_from_dict(data)
+
+
+def config_from_dict(data: dict) -> Config:
+    """Build and validate a Config from plain data (a parsed YAML file, or a checkpoint's stored config)."""
+    return _build(Config, data, "")

@@ -1,0 +1,1 @@
+"""Raster I/O, tiling grids, blending and output writing: plain rasterio/numpy, no Ray."""

@@ -1,0 +1,94 @@
+"""Shared fixtures: tiny real GeoTIFFs, a real S3 server (moto) on loopback, one local Ray per session."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+# Dummy credentials for the loopback S3 server only. Set before Ray starts so its workers inherit them.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "segcore-test-key-id")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "segcore-test-secret-value")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.pop("AWS_PROFILE", None)
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+REPO = Path(__file__).resolve().parent.parent
+UTM_33N = "EPSG:32633"
+TEST_TRANSFORM = from_origin(500000.0, 5300000.0, 0.5, 0.5)
+
+
+def write_geotiff(path, array: np.ndarray, crs=UTM_33N, transform=TEST_TRANSFORM, nodata=None, **profile) -> Path:
+    """Write a (bands, h, w) or (h, w) array as a real GeoTIFF with a CRS and a geotransform."""
+    array = array if array.ndim == 3 else array[None]
+    meta = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0],
+                dtype=array.dtype, crs=crs, transform=transform, nodata=nodata)
+    meta.update(profile)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **meta) as dst:
+        dst.write(array)
+    return path
+
+
+@pytest.fixture
+def geotiff(tmp_path):
+    """Factory: geotiff(name, array, **kw) -> path of a real GeoTIFF in tmp_path."""
+    return lambda name, array, **kw: write_geotiff(tmp_path / name, array, **kw)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API (moto's server) on loopback for the whole session; yields its endpoint URL."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("moto server did not start")
+    yield endpoint
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket on the loopback S3 server; yields (endpoint, bucket name)."""
+    import boto3
+
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    client = boto3.client("s3", endpoint_url=s3_server)
+    client.create_bucket(Bucket=name)
+    yield s3_server, name
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray (2 CPUs) for the whole session, never an outside cluster."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=1_500_000_000,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    yield ray
+    ray.shutdown()
