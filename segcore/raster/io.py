@@ -116,3 +116,12 @@ def read_rgb(dataset, window: Window, input_cfg: InputConfig, nodata: Optional[f
     rgb[out] *= inside
     valid[out[1:]] = inside
     return rgb, valid
+
+
+def check_readable(dataset, path: str) -> None:
+    """Read the last pixel of every band, so a truncated file fails up front rather than mid-job."""
+    corner = Window(dataset.width - 1, dataset.height - 1, 1, 1)
+    try:
+        dataset.read(window=corner)
+    except RasterioIOError:
+        raise InputError(f"{path}: truncated or corrupt raster (reading its last pixels failed)") from None

@@ -1,0 +1,101 @@
+"""The patch dataset on disk: ROOT/{train,val,test}/{images,labels}/ plus ROOT/manifest.csv.
+
+An image patch is an 8-bit RGB file and its label a single-channel 8-bit file of the same stem, 0 for
+background and 255 for building. `prepare` writes PNGs; reading accepts any format cv2 decodes, so the
+layout of the public fork's workflow (jpg/png/tif pairs under the same folders) keeps working.
+Plain Python (no Ray): the training job's data loading and the prepare pipeline both use it.
+"""
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+import cv2
+import numpy as np
+
+from segcore.config import S3Config
+from segcore.errors import InputError
+from segcore.storage import describe_error, filesystem, is_s3, join
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.csv"
+MANIFEST_COLUMNS = ("split", "image", "label", "source_image", "source_label", "row", "col", "height", "width",
+                    "valid_fraction", "building_fraction")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+
+
+def patch_name(stem: str, row: int, col: int) -> str:
+    """File name of the patch whose top-left corner is pixel (row, col) of mosaic `stem`."""
+    return f"{stem}_r{row}_c{col}.png"
+
+
+def encode_image(rgb: np.ndarray) -> bytes:
+    """PNG bytes of an HxWx3 uint8 RGB array (cv2 stores BGR, hence the flip)."""
+    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise RuntimeError("cv2 failed to encode a PNG")
+    return buffer.tobytes()
+
+
+def encode_label(mask: np.ndarray) -> bytes:
+    """PNG bytes of an HxW {0,1} mask, stored as 0/255."""
+    ok, buffer = cv2.imencode(".png", (mask > 0).astype(np.uint8) * 255)
+    if not ok:
+        raise RuntimeError("cv2 failed to encode a PNG")
+    return buffer.tobytes()
+
+
+def _decode(data: bytes, name: str, flags: int) -> np.ndarray:
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
+    if array is None:
+        raise InputError(f"{name}: not a readable image")
+    return array
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """HxWx3 uint8 RGB from encoded image bytes (grey, alpha and 16-bit inputs are converted by cv2)."""
+    return cv2.cvtColor(_decode(data, name, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def decode_label(data: bytes, name: str) -> np.ndarray:
+    """HxW uint8 mask in {0, 1} from encoded label bytes: any value > 0 (in any colour channel) is building."""
+    array = _decode(data, name, cv2.IMREAD_UNCHANGED)
+    if array.ndim == 3:
+        array = array[..., :3].max(axis=2)  # colour labels: a building may be drawn in any channel
+    return (array > 0).astype(np.uint8)
+
+
+def _images_by_stem(fs, folder: str) -> dict[str, str]:
+    try:
+        entries = fs.ls(folder, detail=False)
+    except (FileNotFoundError, PermissionError, OSError) as exc:
+        raise InputError(describe_error(folder, exc)) from None
+    found: dict[str, str] = {}
+    for entry in entries:
+        path = f"s3://{entry}" if is_s3(folder) and not entry.startswith("s3://") else entry
+        name = PurePosixPath(path)
+        if name.name.startswith(".") or name.suffix.lower() not in IMAGE_SUFFIXES:
+            continue  # .DS_Store, notes, manifests: not patches
+        if name.stem in found:
+            raise InputError(f"{path}: two files with stem '{name.stem}' in {folder} ({found[name.stem]})")
+        found[name.stem] = path
+    return found
+
+
+def list_pairs(root: str, split: str, s3: S3Config | None = None) -> list[tuple[str, str]]:
+    """Sorted (image path, label path) pairs of one split, paired by file stem."""
+    if split not in SPLITS:
+        raise InputError(f"split {split!r} is unknown: expected one of {', '.join(SPLITS)}")
+    fs = filesystem(root, s3)
+    folders = [join(root, split, side) for side in ("images", "labels")]
+    for folder in folders:
+        if not fs.isdir(folder):
+            raise InputError(f"{folder}: missing (expected {root}/{{train,val,test}}/{{images,labels}}/)")
+    images, labels = (_images_by_stem(fs, folder) for folder in folders)
+    for ours, other, folder in ((images, labels, folders[1]), (labels, images, folders[0])):
+        lonely = sorted(set(ours) - set(other))
+        if lonely:
+            raise InputError(f"{ours[lonely[0]]}: no file with the same stem in {folder}"
+                             + (f" (and {len(lonely) - 1} more)" if len(lonely) > 1 else ""))
+    if not images:
+        raise InputError(f"{folders[0]}: holds no images (expected {', '.join(IMAGE_SUFFIXES)} files)")
+    return [(images[stem], labels[stem]) for stem in sorted(images)]

@@ -1,0 +1,28 @@
+"""Training augmentations (albumentations), built from the config's `train.augment` section."""
+from __future__ import annotations
+
+import os
+
+import cv2
+
+# albumentations looks for a newer release online at import; this project never reaches the internet at run time.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A  # noqa: E402
+
+from segcore.config import AugmentConfig  # noqa: E402
+
+
+def build_augment(cfg: AugmentConfig, seed: int | None = None) -> A.Compose:
+    """Flips, rotation (zero fill, nearest-neighbour mask) and optional brightness/contrast jitter.
+
+    Geometric transforms move image and mask together; only the image's colours are jittered.
+    """
+    transforms = [
+        A.HorizontalFlip(p=cfg.hflip),
+        A.VerticalFlip(p=cfg.vflip),
+        A.Rotate(limit=cfg.rotate_limit, interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_CONSTANT,
+                 fill=0, fill_mask=0, p=cfg.rotate_p),
+    ]
+    if cfg.brightness_contrast > 0:
+        transforms.append(A.RandomBrightnessContrast(0.1, 0.1, p=cfg.brightness_contrast))
+    return A.Compose(transforms, seed=seed)

@@ -1,0 +1,216 @@
+"""Building labels for windows of an image, from a mask raster or from polygons.
+
+- A mask raster (GeoTIFF/COG/VRT) must lie on the image's grid (same size, transform and CRS); any
+  value > 0 is building.
+- Polygons (GeoJSON, `.geojson`/`.json`) are read once, reprojected to the image CRS when their CRS
+  differs (the GeoJSON "crs" member, else EPSG:4326 as RFC 7946 says), and burned window by window
+  with `rasterio.features.rasterize`, using only the polygons whose bounds reach the window.
+Both give uint8 masks in {0, 1} that are 0 outside the image, and both check their input when opened,
+so opening a label source is also its up-front validation.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import PurePosixPath
+
+import numpy as np
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import CRSError, RasterioIOError
+from rasterio.features import is_valid_geom, rasterize
+from rasterio.warp import transform_geom
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+from segcore.config import S3Config
+from segcore.errors import InputError
+from segcore.raster.io import RasterInfo, check_readable, open_raster, raster_info
+from segcore.storage import RASTER_SUFFIXES, describe_error, filesystem, is_s3
+
+POLYGON_SUFFIXES = (".geojson", ".json")
+LABEL_SUFFIXES = RASTER_SUFFIXES + POLYGON_SUFFIXES
+
+
+def match_labels(images: list[str], specs: list[str], s3: S3Config | None = None) -> list[str]:
+    """One label path per image: `specs` in the images' order, or the files of one directory matched by stem."""
+    if len(specs) == 1 and filesystem(specs[0], s3).isdir(specs[0]):
+        folder = specs[0]
+        by_stem: dict[str, str] = {}
+        for entry in filesystem(folder, s3).ls(folder, detail=False):
+            path = f"s3://{entry}" if is_s3(folder) and not entry.startswith("s3://") else entry
+            name = PurePosixPath(path)
+            if name.suffix.lower() not in LABEL_SUFFIXES:
+                continue
+            if name.stem in by_stem:
+                raise InputError(f"{path}: two label files with stem '{name.stem}' in {folder} ({by_stem[name.stem]})")
+            by_stem[name.stem] = path
+        missing = [image for image in images if PurePosixPath(image).stem not in by_stem]
+        if missing:
+            raise InputError(f"{missing[0]}: no label file with stem '{PurePosixPath(missing[0]).stem}' in {folder}")
+        return [by_stem[PurePosixPath(image).stem] for image in images]
+    if len(specs) != len(images):
+        raise InputError(f"labels: {len(specs)} label file(s) for {len(images)} image(s) ({', '.join(images[:3])}"
+                         f"{', ...' if len(images) > 3 else ''}): give one per image in the same order, or one directory")
+    return list(specs)
+
+
+def open_labels(path: str, image: RasterInfo, s3: S3Config | None = None) -> "MaskRaster | Polygons":
+    """The label source at `path` for `image`; raises InputError if it does not fit the image."""
+    if PurePosixPath(path).suffix.lower() in POLYGON_SUFFIXES:
+        return Polygons(path, image, s3)
+    return MaskRaster(path, image, s3)
+
+
+def _corners(transform: Affine, width: float, height: float) -> np.ndarray:
+    """(4, 2) CRS coordinates of a pixel rectangle's corners (any affine, rotated ones included)."""
+    return np.array([transform * (x, y) for x, y in ((0, 0), (width, 0), (0, height), (width, height))])
+
+
+class MaskRaster:
+    """An 8-bit building mask on the image's grid."""
+
+    def __init__(self, path: str, image: RasterInfo, s3: S3Config | None = None):
+        self.path = path
+        self.dataset = open_raster(path, s3)
+        try:
+            self._check(raster_info(self.dataset, path), image)
+            check_readable(self.dataset, path)
+        except InputError:
+            self.dataset.close()
+            raise
+
+    @staticmethod
+    def _check(info: RasterInfo, image: RasterInfo) -> None:
+        if (info.width, info.height) != (image.width, image.height):
+            raise InputError(f"{info.path}: label raster is {info.width}x{info.height} pixels but image {image.path} "
+                             f"is {image.width}x{image.height}: labels must be on the image's grid")
+        pixel = max(abs(image.transform[0]), abs(image.transform[4]), 1e-12)
+        if not np.allclose(info.transform, image.transform, rtol=0, atol=1e-3 * pixel):
+            raise InputError(f"{info.path}: label raster transform {info.transform} differs from image {image.path} "
+                             f"{image.transform}: labels must be on the image's grid")
+        if info.crs and image.crs and CRS.from_wkt(info.crs) != CRS.from_wkt(image.crs):
+            raise InputError(f"{info.path}: label raster CRS differs from image {image.path}'s: "
+                             "labels must be on the image's grid")
+
+    def read(self, window: Window) -> np.ndarray:
+        """uint8 {0,1} mask of `window` (which may extend past the raster; outside is 0)."""
+        height, width = int(window.height), int(window.width)
+        mask = np.zeros((height, width), np.uint8)
+        row0, col0 = int(window.row_off), int(window.col_off)
+        r0, c0 = max(row0, 0), max(col0, 0)
+        r1, c1 = min(row0 + height, self.dataset.height), min(col0 + width, self.dataset.width)
+        if r1 <= r0 or c1 <= c0:
+            return mask
+        try:
+            raw = self.dataset.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+        except RasterioIOError as exc:
+            raise InputError(f"{self.path}: read failed ({' '.join(str(exc).split())[:160]})") from None
+        mask[r0 - row0:r1 - row0, c0 - col0:c1 - col0] = raw > 0
+        return mask
+
+    def close(self) -> None:
+        self.dataset.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _load_geojson(path: str, s3: S3Config | None) -> tuple[list[dict], CRS]:
+    """Polygon geometries of a GeoJSON file and their CRS."""
+    try:
+        data = json.loads(filesystem(path, s3).cat_file(path))
+    except (FileNotFoundError, PermissionError, OSError) as exc:
+        raise InputError(describe_error(path, exc)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not valid GeoJSON ({exc})") from None
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind == "FeatureCollection":
+        geoms = [feature.get("geometry") for feature in data.get("features") or []]
+    elif kind == "Feature":
+        geoms = [data.get("geometry")]
+    elif kind in ("Polygon", "MultiPolygon"):
+        geoms = [data]
+    else:
+        raise InputError(f"{path}: GeoJSON of type {kind!r}: expected a FeatureCollection of building polygons")
+    geoms = [geom for geom in geoms if geom]  # features without geometry carry nothing to burn
+    for index, geom in enumerate(geoms):
+        if geom.get("type") not in ("Polygon", "MultiPolygon") or not is_valid_geom(geom):
+            raise InputError(f"{path}: feature {index} is a {geom.get('type')!r} that is not a valid "
+                             "Polygon or MultiPolygon")
+    return geoms, _geojson_crs(data, path)
+
+
+def _geojson_crs(data: dict, path: str) -> CRS:
+    member = data.get("crs")
+    if not member:
+        return CRS.from_epsg(4326)  # RFC 7946: longitude/latitude on WGS 84
+    props = member.get("properties", {}) if isinstance(member, dict) else {}
+    name = props.get("name") or (f"EPSG:{props['code']}" if "code" in props else None)
+    try:
+        return CRS.from_user_input(name)
+    except (CRSError, TypeError, ValueError):
+        raise InputError(f"{path}: unrecognised \"crs\" member {member!r}") from None
+
+
+def _bounds(geom: dict) -> tuple[float, float, float, float]:
+    rings = geom["coordinates"] if geom["type"] == "Polygon" else [r for p in geom["coordinates"] for r in p]
+    xy = np.concatenate([np.asarray(ring, float)[:, :2] for ring in rings])
+    return xy[:, 0].min(), xy[:, 1].min(), xy[:, 0].max(), xy[:, 1].max()
+
+
+class Polygons:
+    """Building polygons burned into windows of the image grid."""
+
+    def __init__(self, path: str, image: RasterInfo, s3: S3Config | None = None):
+        self.path = path
+        self.transform = Affine(*image.transform)
+        self.width, self.height = image.width, image.height
+        if not image.georeferenced:
+            raise InputError(f"{image.path}: has no CRS, so polygon labels {path} cannot be placed on it")
+        geoms, crs = _load_geojson(path, s3)
+        if not geoms:
+            raise InputError(f"{path}: holds no building polygons")
+        image_crs = CRS.from_wkt(image.crs)
+        if crs != image_crs:
+            geoms = transform_geom(crs, image_crs, geoms)
+        bounds = np.array([_bounds(geom) for geom in geoms])
+        keep = self._overlapping(bounds, _corners(self.transform, self.width, self.height))
+        if not keep.any():
+            raise InputError(f"{path}: none of its {len(geoms)} building polygons overlaps image {image.path} "
+                             f"(polygon CRS {crs.to_string() or 'custom'}; check the file and its \"crs\" member)")
+        self.geoms = [geom for geom, kept in zip(geoms, keep) if kept]
+        self.bounds = bounds[keep]
+
+    @staticmethod
+    def _overlapping(bounds: np.ndarray, corners: np.ndarray) -> np.ndarray:
+        (xmin, ymin), (xmax, ymax) = corners.min(axis=0), corners.max(axis=0)
+        return (bounds[:, 0] < xmax) & (bounds[:, 2] > xmin) & (bounds[:, 1] < ymax) & (bounds[:, 3] > ymin)
+
+    def read(self, window: Window) -> np.ndarray:
+        """uint8 {0,1} mask of `window` (which may extend past the image; outside is 0)."""
+        height, width = int(window.height), int(window.width)
+        affine = window_transform(window, self.transform)
+        selected = np.flatnonzero(self._overlapping(self.bounds, _corners(affine, width, height)))
+        if not len(selected):
+            return np.zeros((height, width), np.uint8)
+        mask = rasterize(((self.geoms[i], 1) for i in selected), out_shape=(height, width), transform=affine,
+                         fill=0, dtype="uint8")
+        # Buildings cut by the image edge must not spill into the padding beyond it.
+        row0, col0 = int(window.row_off), int(window.col_off)
+        mask[max(0, self.height - row0):, :] = 0
+        mask[:, max(0, self.width - col0):] = 0
+        mask[:max(0, -row0), :] = 0
+        mask[:, :max(0, -col0)] = 0
+        return mask
+
+    def close(self) -> None:
+        self.geoms = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,1 @@
+"""Ray orchestration of the jobs: the only part of segcore that imports ray."""
