@@ -121,7 +121,8 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     use_gpu: bool = False
-    cpus_per_worker: int = 1
+    # Fractions are fine: on a 2-CPU machine, 2 workers at 0.5 leave a CPU for Ray Data's loading tasks.
+    cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0  # only with use_gpu
     precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast applies on GPU only
     channels_last: bool = True  # GPU only
@@ -131,7 +132,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self, at: str) -> None:
-        for name, low in (("epochs", 1), ("batch_size", 1), ("num_workers", 1), ("cpus_per_worker", 1),
+        for name, low in (("epochs", 1), ("batch_size", 1), ("num_workers", 1),
                           ("step_size", 1), ("plateau_patience", 0), ("warmup_epochs", 0),
                           ("early_stop_patience", 0), ("max_failures", 0)):
             value = getattr(self, name)
@@ -145,6 +146,7 @@ class TrainConfig:
         _check(f"{at}.grad_clip", self.grad_clip, self.grad_clip >= 0, "a number >= 0 (0 disables)")
         _check(f"{at}.threshold", self.threshold, 0 < self.threshold < 1, "a probability in (0, 1)")
         _check(f"{at}.gpus_per_worker", self.gpus_per_worker, self.gpus_per_worker > 0, "a number > 0")
+        _check(f"{at}.cpus_per_worker", self.cpus_per_worker, self.cpus_per_worker > 0, "a number > 0")
 
 
 @dataclass

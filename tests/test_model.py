@@ -53,6 +53,13 @@ def test_resnet50_parameter_count_matches_the_fork():
     assert count_parameters(RefineNet("resnet50", decoder_width=256)) == FORK_RESNET50_PARAMETERS
 
 
+def test_full_resnet50_at_384_gives_384_logits():
+    model = RefineNet("resnet50", decoder_width=256).eval()
+    with torch.no_grad():
+        logits = model(torch.rand(1, 3, 384, 384))
+    assert logits.shape == (1, 1, 384, 384) and logits.dtype == torch.float32
+
+
 def test_top_block_coarser_conv_is_kept_but_frozen():
     model = RefineNet("resnet18", decoder_width=16)
     unused = model.refine_blocks[3].fusion.coarser_conv

@@ -1,0 +1,37 @@
+"""Train RefineNet with DDP on Ray Train.
+
+    python jobs/train.py --config configs/dev.yaml --set train.data_root=ROOT --set train.run_dir=runs/dev
+    python jobs/train.py --config configs/dev.yaml --resume runs/dev          # continue at the next epoch
+    ray job submit --working-dir . -- python jobs/train.py --config configs/train.yaml --set ...
+`ray.init()` connects to a running cluster (ray job submit, or RAY_ADDRESS) and otherwise starts a local one.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # segcore from this checkout
+
+from _cli import add_config_args, config_from_args, run_main  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    args = parser.parse_args()
+    cfg = config_from_args(args)
+
+    import ray
+
+    from segcore.pipelines.train import run_training
+
+    ray.init()
+    metrics = run_training(cfg, resume=args.resume)
+    run_dir = args.resume or cfg.train.run_dir
+    print(f"done: epoch {metrics.get('epoch')}, val IoU {metrics.get('val_iou', float('nan')):.4f}; "
+          f"best checkpoint {run_dir}/checkpoints/best.pt")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

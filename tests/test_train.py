@@ -1,0 +1,139 @@
+"""Training on Ray Train with 2 CPU workers (gloo) on a small generated patch set."""
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from segcore.checkpoint import read_checkpoint
+from segcore.config import load_config
+from segcore.errors import InputError
+
+TILE = 64
+
+
+def write_patch_set(root, counts=(("train", 24), ("val", 8), ("test", 8)), tile=TILE, seed=0):
+    """Bright rectangles ("roofs") on a noisy green-grey background, and their 0/255 masks."""
+    rng = np.random.default_rng(seed)
+    for split, count in counts:
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        (root / split / "labels").mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image = rng.normal((90, 110, 80), 12, (tile, tile, 3))
+            mask = np.zeros((tile, tile), np.uint8)
+            for _ in range(rng.integers(1, 4)):
+                y, x = rng.integers(0, tile - 16, 2)
+                h, w = rng.integers(8, 24, 2)
+                mask[y:y + h, x:x + w] = 255
+            image[mask > 0] = rng.normal((200, 120, 100), 10, (int((mask > 0).sum()), 3))
+            cv2.imwrite(str(root / split / "images" / f"p{i:03d}.png"), np.clip(image, 0, 255).astype(np.uint8)[..., ::-1])
+            cv2.imwrite(str(root / split / "labels" / f"p{i:03d}.png"), mask)
+    return root
+
+
+@pytest.fixture(scope="module")
+def patch_root(tmp_path_factory):
+    return write_patch_set(tmp_path_factory.mktemp("patches"))
+
+
+def small_config(root, run_dir, *extra):
+    return load_config(None, [
+        "model.backbone=resnet18", "model.decoder_width=16", f"train.tile_size={TILE}", "train.batch_size=4",
+        "train.lr=3e-3", "train.num_workers=2", "train.cpus_per_worker=0.5", "train.use_gpu=false",
+        "train.precision=fp32", "train.scheduler=cosine", f"train.data_root={root}", f"train.run_dir={run_dir}",
+        *extra])
+
+
+def read_history(run_dir):
+    with open(run_dir / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_two_workers_train_write_outputs_resume_and_evaluate_alike(ray_local, patch_root, tmp_path):
+    from segcore.pipelines.train import run_evaluation, run_training
+
+    run_dir = tmp_path / "run"
+    cfg = small_config(patch_root, run_dir, "train.epochs=2")
+    metrics = run_training(cfg)
+    assert metrics["epoch"] == 2
+    for name in ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.csv", "training_curves.png", "roc_pr.png",
+                 "test_metrics.json"):
+        assert (run_dir / name).stat().st_size > 0, name
+    history = read_history(run_dir)
+    assert [int(r["epoch"]) for r in history] == [1, 2]
+    for key in ("train_loss", "val_loss", "val_iou", "val_f1", "val_precision", "val_recall", "val_accuracy",
+                "lr", "epoch_seconds", "samples_per_s"):
+        assert np.isfinite(float(history[0][key])), key
+    best = read_checkpoint(str(run_dir / "checkpoints" / "best.pt"))  # weights_only=True inside
+    assert best["threshold"] == 0.45 and 0 < best["best_f1_threshold"] <= 1
+    assert best["model"]["backbone"] == "resnet18" and best["input"]["bands"] == [1, 2, 3]
+    test_metrics = json.loads((run_dir / "test_metrics.json").read_text())
+    assert test_metrics["samples"] == 8 and 0 <= test_metrics["iou"] <= 1
+
+    # Resume continues at epoch 3 with optimizer, scheduler and history restored.
+    resumed = run_training(small_config(patch_root, run_dir, "train.epochs=4"), resume=str(run_dir))
+    assert resumed["epoch"] == 4
+    history = read_history(run_dir)
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3, 4]
+    last = read_checkpoint(str(run_dir / "checkpoints" / "last.pt"))
+    assert last["training"]["optimizer"]["state"], "optimizer state is saved for resume"
+    losses = [float(r["train_loss"]) for r in history]
+    assert losses[-1] < losses[0], f"training did not lower the loss: {losses}"
+
+    # Validation figures are sums of confusion counts over workers: 1 and 2 workers agree exactly.
+    one = run_evaluation(small_config(patch_root, tmp_path / "e1", "train.num_workers=1"),
+                         str(run_dir / "checkpoints" / "best.pt"), str(patch_root), "val")
+    two = run_evaluation(small_config(patch_root, tmp_path / "e2", "train.num_workers=2"),
+                         str(run_dir / "checkpoints" / "best.pt"), str(patch_root), "val")
+    assert one["samples"] == two["samples"] == 8
+    assert (one["tp"], one["fp"], one["fn"], one["tn"]) == (two["tp"], two["fp"], two["fn"], two["tn"])
+    assert one["tp"] + one["fp"] + one["fn"] + one["tn"] == 8 * TILE * TILE
+
+
+def test_refuses_to_overwrite_a_run_without_resume(patch_root, tmp_path):
+    from segcore.pipelines.train import run_training
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({}, tmp_path / "run" / "checkpoints" / "last.pt")
+    with pytest.raises(InputError, match="--resume"):
+        run_training(small_config(patch_root, tmp_path / "run"))
+
+
+def test_killed_worker_is_restored_from_the_last_checkpoint(ray_local, patch_root, tmp_path):
+    from segcore.pipelines.train import run_training
+
+    run_dir = tmp_path / "run"
+    cfg = small_config(patch_root, run_dir, "train.epochs=2", "train.fault_epoch=2", "train.max_failures=2")
+    metrics = run_training(cfg)
+    assert (run_dir / ".fault_injected").exists(), "the fault hook did not fire"
+    assert metrics["epoch"] == 2
+    assert [int(r["epoch"]) for r in read_history(run_dir)] == [1, 2]
+
+
+@pytest.mark.parametrize("breakage, words", [
+    ("missing_split", ["val/images", "missing"]),
+    ("lonely_label", ["p000", "no file with the same stem"]),
+    ("wrong_size", ["p001.png", "expected 64x64"]),
+    ("not_an_image", ["p002.png", "not a readable image"]),
+])
+def test_bad_datasets_fail_in_one_line_before_workers_start(tmp_path, breakage, words):
+    from segcore.pipelines.train import run_training
+
+    root = write_patch_set(tmp_path / "data", counts=(("train", 4), ("val", 3)))
+    if breakage == "missing_split":
+        for f in (root / "val" / "images").iterdir():
+            f.unlink()
+        (root / "val" / "images").rmdir()
+    elif breakage == "lonely_label":
+        (root / "train" / "images" / "p000.png").unlink()
+    elif breakage == "wrong_size":
+        cv2.imwrite(str(root / "train" / "images" / "p001.png"), np.zeros((32, 64, 3), np.uint8))
+    else:
+        (root / "train" / "images" / "p002.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage bytes here")
+    with pytest.raises(InputError) as err:
+        run_training(small_config(root, tmp_path / "run"))
+    assert "\n" not in str(err.value)
+    for word in words:
+        assert word in str(err.value)
