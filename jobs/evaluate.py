@@ -6,12 +6,8 @@ workers and batch size from the config's train section.
 """
 import argparse
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # segcore from this checkout
-
-from _cli import add_config_args, config_from_args, run_main  # noqa: E402
+from _cli import add_config_args, config_from_args, run_main
 
 
 def main() -> int:

@@ -6,12 +6,8 @@
 `ray.init()` connects to a running cluster (ray job submit, or RAY_ADDRESS) and otherwise starts a local one.
 """
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # segcore from this checkout
-
-from _cli import add_config_args, config_from_args, run_main  # noqa: E402
+from _cli import add_config_args, config_from_args, run_main
 
 
 def main() -> int:

@@ -1,1 +1,1 @@
-"""Raster I/O, tiling grids, blending and output writing: plain rasterio/numpy, no Ray."""
+"""Raster I/O, tiling grids, blending (torch, on the inference device) and output writing; no Ray."""
