@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# Segment through the head: cluster/local/submit-segment.sh --config configs/segment.yaml --input /abs/city.tif ...
+exec "$(dirname "$0")/submit.sh" jobs/segment.py "$@"

@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# Train through the head: cluster/local/submit-train.sh --config configs/dev.yaml --set train.data_root=/abs/path ...
+exec "$(dirname "$0")/submit.sh" jobs/train.py "$@"
