@@ -192,8 +192,8 @@ def test_the_image_and_the_launcher_use_the_ray_of_the_rayjobs():
 
 
 def readme_commands() -> list[list[str]]:
-    """Every shell command in cluster/README.md's bash blocks, as argv (continuations joined, comments dropped)."""
-    text = (CLUSTER / "README.md").read_text()
+    """Every shell command in README.md's bash blocks, as argv (continuations joined, comments dropped)."""
+    text = (CLUSTER.parent / "README.md").read_text()
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
