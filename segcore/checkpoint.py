@@ -45,13 +45,36 @@ def read_checkpoint(path: str, s3: S3Config | None = None) -> Any:
             data = handle.read()
     except (OSError, PermissionError) as exc:
         raise InputError(describe_error(path, exc)) from None
+    if not data:
+        raise InputError(f"{path}: not a PyTorch checkpoint (empty file)")
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
-        raise InputError(f"{path}: refused: not a plain-data checkpoint (weights_only load failed: {first})") from None
+        raise InputError(f"{path}: refused: not a plain-data checkpoint (weights_only load failed: "
+                         f"{_unpickling_reason(exc)})") from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         raise InputError(f"{path}: not a PyTorch checkpoint ({' '.join(str(exc).split())[:120]})") from None
+
+
+def _unpickling_reason(exc: Exception) -> str:
+    """The specific line of torch's weights_only error (e.g. "unsupported GLOBAL posix.system"), not its
+    generic preamble about the PyTorch 2.6 default."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    specific = [line for line in lines if "nsupported" in line or "GLOBAL" in line]
+    return (specific or lines or [type(exc).__name__])[0][:160]
+
+
+def check_weights(path: str, model_cfg: ModelConfig, state_dict: Any) -> None:
+    """Load `state_dict` strictly into the model `model_cfg` describes (built here, without pretrained
+    weights), so a mismatch fails in one line naming the keys before any worker is started."""
+    model = build_model(**dataclasses.asdict(dataclasses.replace(model_cfg, pretrained=False)))
+    try:
+        if not isinstance(state_dict, dict):
+            raise RuntimeError(f"state_dict holds a {type(state_dict).__name__}, not a dict of tensors")
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"{path}: weights do not match {model_cfg.arch}({model_cfg.backbone}): "
+                         f"{' '.join(str(exc).split())[:200]}") from None
 
 
 @dataclass

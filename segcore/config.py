@@ -161,7 +161,8 @@ class SegmentConfig:
     gpus_per_actor: float = 0.0  # 1 on GPU clusters; 0 runs CPU actors (local mode)
     torch_threads: int = 0  # intra-op threads per CPU actor; 0 = cpus_per_actor
     precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast applies on GPU only
-    channels_last: bool = True  # GPU only
+    channels_last: bool = True  # NHWC model and tiles, on GPU and CPU (faster on both)
+    compile: bool = False  # torch.compile the model in each actor (pays off on GPU for long runs)
     write_probability: bool = False  # also write a uint8 0-255 probability COG
     write_polygons: bool = False  # also write building polygons
     polygon_format: Literal["geojson", "gpkg"] = "geojson"

@@ -51,8 +51,9 @@ def predict_block(model: nn.Module, rgb: np.ndarray, valid: np.ndarray, *, tile_
                   channels_last: bool = False) -> BlockPrediction:
     """Blended building probabilities for uint8 rgb [3, h, w] with a valid mask [h, w].
 
-    Arrays smaller than a tile are padded to one (as nodata) and cropped back. bf16 autocast and
-    channels_last apply on CUDA only: on the CPU they are slower, and fp32 keeps CPU runs exact.
+    Arrays smaller than a tile are padded to one (as nodata) and cropped back. bf16 autocast applies on
+    CUDA only: on the CPU it is slower, and fp32 keeps CPU runs exact. channels_last applies on every
+    device (pass a model converted to it): oneDNN's NHWC convolutions are faster on the CPU as well.
     """
     device = torch.device(device)
     height, width = valid.shape
@@ -76,7 +77,7 @@ def predict_block(model: nn.Module, rgb: np.ndarray, valid: np.ndarray, *, tile_
         for start in range(0, len(origins), batch_size):
             batch = origins[start:start + batch_size]
             tiles = torch.stack([image[:, r:r + tile_size, c:c + tile_size] for r, c in batch]).float().div_(255.0)
-            if on_cuda and channels_last:
+            if channels_last:
                 tiles = tiles.contiguous(memory_format=torch.channels_last)
             with autocast:
                 logits = model(tiles)

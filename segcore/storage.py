@@ -7,6 +7,7 @@ uploaded in one PUT (S3, where an object only appears once complete), so a reade
 """
 from __future__ import annotations
 
+import contextlib
 import glob as globlib
 import os
 import shutil
@@ -97,11 +98,16 @@ def write_bytes(path: str, data: bytes, s3: S3Config | None = None) -> None:
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # e.g. a full disk: leave no half-written temporary file behind
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def publish_file(local_file: str, path: str, s3: S3Config | None = None) -> None:
@@ -115,6 +121,11 @@ def publish_file(local_file: str, path: str, s3: S3Config | None = None) -> None
         os.replace(local_file, path)
     except OSError:  # another device: copy next to the target, then rename there
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        shutil.copyfile(local_file, tmp)
-        os.replace(tmp, path)
+        try:
+            shutil.copyfile(local_file, tmp)
+            os.replace(tmp, path)
+        except BaseException:  # e.g. a full disk: no half-copied temporary file is left behind
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
         os.remove(local_file)

@@ -88,7 +88,11 @@ def list_pairs(root: str, split: str, s3: S3Config | None = None) -> list[tuple[
     fs = filesystem(root, s3)
     folders = [join(root, split, side) for side in ("images", "labels")]
     for folder in folders:
-        if not fs.isdir(folder):
+        try:
+            found = fs.isdir(folder)
+        except (PermissionError, OSError) as exc:  # e.g. S3 credentials refused
+            raise InputError(describe_error(folder, exc)) from None
+        if not found:
             raise InputError(f"{folder}: missing (expected {root}/{{train,val,test}}/{{images,labels}}/)")
     images, labels = (_images_by_stem(fs, folder) for folder in folders)
     for ours, other, folder in ((images, labels, folders[1]), (labels, images, folders[0])):

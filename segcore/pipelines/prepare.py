@@ -107,9 +107,19 @@ def square_grid(square: Square, width: int, height: int, tile: int, overlap: int
     return [square.row + r for r in rows], [square.col + c for c in cols]
 
 
+def _patch_stem(path: str) -> str:
+    """The mosaic's name in its patch names: its file stem without leading dots, since readers of the
+    patch layout skip dot files (an image named `..tif` or `.city.tif` must not give hidden patches)."""
+    return PurePosixPath(path).stem.lstrip(".") or "mosaic"
+
+
 def _check_output(output: str, cfg: Config, overwrite: bool) -> None:
     fs = filesystem(output, cfg.s3)
     try:
+        if is_s3(output):  # a missing bucket would otherwise only fail in the tasks' uploads
+            bucket = output[len("s3://"):].split("/", 1)[0]
+            if not fs.exists(bucket):
+                raise InputError(f"{output}: bucket '{bucket}' does not exist")
         if not fs.exists(output):
             return
         if not fs.isdir(output):
@@ -128,7 +138,7 @@ def plan_dataset(images: list[str], labels: list[str], output: str, cfg: Config,
     label_paths = match_labels(image_paths, [_absolute(str(p)) for p in labels], cfg.s3)
     stems: dict[str, str] = {}
     for path in image_paths:
-        other = stems.setdefault(PurePosixPath(path).stem, path)
+        other = stems.setdefault(_patch_stem(path), path)
         if other != path:
             raise InputError(f"{path}: has the same file stem as {other}, so their patch names would collide")
     sizes = []
@@ -146,7 +156,7 @@ def plan_dataset(images: list[str], labels: list[str], output: str, cfg: Config,
     cells = [(m, row, col, min(block, h - row), min(block, w - col))
              for m, (w, h) in enumerate(sizes) for row in range(0, h, block) for col in range(0, w, block)]
     splits = assign_splits([h * w for _, _, _, h, w in cells], cfg.prepare)
-    jobs = tuple(MosaicJob(image, label, PurePosixPath(image).stem, w, h,
+    jobs = tuple(MosaicJob(image, label, _patch_stem(image), w, h,
                            tuple(Square(*cell[1:], split) for cell, split in zip(cells, splits) if cell[0] == m))
                  for m, (image, label, (w, h)) in enumerate(zip(image_paths, label_paths, sizes)))
     return DatasetPlan(output, jobs, cfg, overwrite, started)
@@ -226,12 +236,14 @@ def _manifest(rows: list[dict]) -> bytes:
     return text.getvalue().encode()
 
 
-def _gather(refs: list) -> list:
+def _gather(refs: list, output: str) -> list:
     try:
         return ray.get(refs)
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, InputError):  # e.g. a block that is corrupt past the header
             raise InputError(str(exc.cause)) from None
+        if isinstance(exc.cause, OSError):  # e.g. a full disk, or an upload refused: one line, no traceback
+            raise InputError(describe_error(getattr(exc.cause, "filename", None) or output, exc.cause)) from None
         raise
 
 
@@ -264,12 +276,15 @@ def run_plan(plan: DatasetPlan) -> PrepareSummary:
     target = output if is_s3(output) else _make_staging(output)
     refs = [_prepare_task.remote(job, target, cfg) for job in plan.jobs]
     try:
-        results = _gather(refs)
+        results = _gather(refs, output)
         rows = [row for mosaic_rows, _ in results for row in mosaic_rows]
         if not rows:
             raise InputError(f"{', '.join(job.image for job in plan.jobs[:3])}: every patch is nodata; "
                              "no dataset written")
-        write_bytes(join(target, MANIFEST), _manifest(rows), cfg.s3)  # last: a dataset without it is partial
+        try:
+            write_bytes(join(target, MANIFEST), _manifest(rows), cfg.s3)  # last: a dataset without it is partial
+        except OSError as exc:  # e.g. the disk filled up
+            raise InputError(describe_error(join(output, MANIFEST), exc)) from None
         if not is_s3(output):
             _check_output(output, cfg, plan.overwrite)  # again: something may have been put there meanwhile
             _publish_local(target, output)

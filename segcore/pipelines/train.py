@@ -30,7 +30,7 @@ import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from segcore.checkpoint import FORMAT, read_checkpoint, save_checkpoint
+from segcore.checkpoint import FORMAT, check_weights, read_checkpoint, save_checkpoint
 from segcore.config import Config, config_from_dict
 from segcore.data.patches import SPLITS, decode_image, decode_label, list_pairs
 from segcore.data.transforms import build_augment
@@ -311,6 +311,12 @@ def run_training(cfg: Config, resume: str | None = None) -> dict:
         resume_from = join(resume, "checkpoints", "last.pt")
         if not exists(resume_from, cfg.s3):
             raise InputError(f"{resume_from}: does not exist (nothing to resume in {resume})")
+        # Checked here, not first in the workers: a bad file is one line before any worker starts.
+        state = read_checkpoint(resume_from, cfg.s3)
+        if not isinstance(state, dict) or state.get("format") != FORMAT or "training" not in state:
+            raise InputError(f"{resume_from}: not a segcore training checkpoint (last.pt with the training state)")
+        check_weights(resume_from, cfg.model, state.get("state_dict"))
+        del state  # the workers load it themselves
     else:
         resume_from = None
         if exists(join(t.run_dir, "checkpoints", "last.pt"), cfg.s3):
@@ -361,11 +367,14 @@ def run_evaluation(cfg: Config, checkpoint: str, data_root: str, split: str = "t
     """
     if split not in SPLITS:
         raise InputError(f"split {split!r} is unknown: expected one of {', '.join(SPLITS)}")
+    if threshold is not None and not 0 < threshold < 1:
+        raise InputError(f"threshold {threshold!r}: expected a probability in (0, 1)")
     stored = read_checkpoint(checkpoint, cfg.s3)
     if not isinstance(stored, dict) or stored.get("format") != FORMAT:
         raise InputError(f"{checkpoint}: not a segcore checkpoint (train one with jobs/train.py)")
     cfg = copy.deepcopy(cfg)
     cfg.model = config_from_dict({"model": dict(stored["model"], pretrained=False)}).model
+    check_weights(checkpoint, cfg.model, stored.get("state_dict"))  # on the driver: one line, no workers
     cfg.input = config_from_dict({"input": stored["input"]}).input
     cfg.train.threshold = float(stored["threshold"]) if threshold is None else threshold
     pairs = check_split(data_root, split, cfg.train.tile_size, cfg)

@@ -47,6 +47,8 @@ def open_raster(path: str, s3: S3Config | None = None):
         reason = " ".join(str(exc).split())
         if "No such file" in reason or "does not exist" in reason:
             raise InputError(f"{path}: does not exist") from None
+        if "Opener failed" in reason:  # the storage failed (e.g. S3 unreachable), not the file
+            raise InputError(f"{path}: could not be read from storage ({reason[:200]})") from None
         raise InputError(f"{path}: not a readable raster ({reason[:160]})") from None
     except (OSError, PermissionError) as exc:
         raise InputError(describe_error(path, exc)) from None
