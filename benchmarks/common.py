@@ -149,6 +149,42 @@ def model_tiles_per_s(model, batch: int, *, min_seconds: float, device="cpu", ch
     return batch / time_call(step, min_seconds=min_seconds, warmup=warmup, device=device)
 
 
+def _concurrent_worker(checkpoint: str, batch: int, seconds: float, threads: int, barrier, rates) -> None:
+    import torch
+
+    from segcore.checkpoint import load_model
+    from segcore.config import ModelConfig
+
+    torch.set_num_threads(threads)
+    model = load_model(checkpoint, ModelConfig()).model.eval().to(memory_format=torch.channels_last)
+    x = torch.rand(batch, 3, TILE, TILE).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        model(x)  # warm-up
+        barrier.wait()  # every process measures over the same stretch of time
+        tiles, began = 0, time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            model(x)
+            tiles += batch
+    rates.put(tiles / (time.perf_counter() - began))
+
+
+def concurrent_tiles_per_s(checkpoint: str, processes: int, batch: int, *, seconds: float, threads: int = 1) -> float:
+    """Model-only tiles/s of `processes` processes running the checkpoint's model side by side, summed:
+    the ceiling of an actor pool of that many actors with `threads` intra-op threads each."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each, as a Ray actor is
+    barrier, rates = ctx.Barrier(processes), ctx.Queue()
+    workers = [ctx.Process(target=_concurrent_worker, args=(checkpoint, batch, seconds, threads, barrier, rates))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    total = sum(rates.get(timeout=600) for _ in workers)
+    for worker in workers:
+        worker.join()
+    return total
+
+
 def matmul_gflops(n: int = 2048, *, min_seconds: float = 2.0, device="cpu", dtype=None) -> float:
     """GFLOP/s of an n x n x n torch.matmul (2 n^3 FLOPs), at torch's current thread count."""
     import torch

@@ -38,14 +38,6 @@ def tile_origins(height: int, width: int, tile_size: int, overlap: int) -> list[
             for col in tile_starts(width, tile_size, stride, pad_end=False)]
 
 
-def _valid_counts(valid: np.ndarray, origins: list[tuple[int, int]], size: int) -> np.ndarray:
-    """Number of valid pixels in each tile, from one summed-area table (no per-tile scans)."""
-    table = np.zeros((valid.shape[0] + 1, valid.shape[1] + 1), np.int64)
-    table[1:, 1:] = valid.cumsum(0).cumsum(1)
-    rows, cols = np.array(origins).T
-    return table[rows + size, cols + size] - table[rows, cols + size] - table[rows + size, cols] + table[rows, cols]
-
-
 def predict_block(model: nn.Module, rgb: np.ndarray, valid: np.ndarray, *, tile_size: int, overlap: int,
                   batch_size: int, device: torch.device | str = "cpu", precision: str = "fp32",
                   channels_last: bool = False) -> BlockPrediction:
@@ -62,7 +54,8 @@ def predict_block(model: nn.Module, rgb: np.ndarray, valid: np.ndarray, *, tile_
         rgb = np.pad(rgb, ((0, 0), (0, padded_h - height), (0, padded_w - width)))
         valid = np.pad(valid, ((0, padded_h - height), (0, padded_w - width)))
     origins = tile_origins(padded_h, padded_w, tile_size, overlap)
-    keep = _valid_counts(valid, origins, tile_size) > 0
+    # Per-tile any() costs microseconds; a summed-area table of a whole block cost 5 % of its compute.
+    keep = [bool(valid[row:row + tile_size, col:col + tile_size].any()) for row, col in origins]
     origins = [origin for origin, kept in zip(origins, keep) if kept]
 
     on_cuda = device.type == "cuda"
@@ -84,7 +77,7 @@ def predict_block(model: nn.Module, rgb: np.ndarray, valid: np.ndarray, *, tile_
             accumulate(total, weights, logits[:, 0].float().sigmoid(), batch, window)
         probability = (total / weights).cpu().numpy()
     probability[~valid] = np.nan  # also covers pixels no computed tile reached (0 / 0)
-    return BlockPrediction(probability[:height, :width], len(origins), int(len(keep) - len(origins)))
+    return BlockPrediction(probability[:height, :width], len(origins), len(keep) - len(origins))
 
 
 def to_mask(probability: np.ndarray, threshold: float) -> np.ndarray:

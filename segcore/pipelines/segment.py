@@ -4,9 +4,10 @@
    check the output is writable, expand the inputs and open and check each one (a bad one is recorded
    as failed; the others go on), name its outputs, plan its blocks and find those an earlier run finished.
 2. Run (`run_segment`): a streaming dataset of the unfinished blocks. CPU tasks read each block with its
-   halo; a pool of `BlockSegmenter` actors runs `predict_block` on it, thresholds it and writes its core
-   atomically to OUT/.work/<key>-<hash>/block_<i>.npz. The file name depends only on the raster, the block
-   and the settings that change the output, so a rerun skips what is done.
+   halo (`blocks.read_block`: torch-free, so its workers start fast); a pool of `BlockSegmenter` actors
+   runs `predict_block` on it, thresholds it and writes its core atomically to
+   OUT/.work/<key>-<hash>/block_<i>.npz. The file name depends only on the raster, the block and the
+   settings that change the output, so a rerun skips what is done.
 3. Assemble (driver, `raster.write.assemble`): when every block of an input is done, its block files are
    streamed into OUT/<key>/mask.tif and the other outputs, mask.tif published last, so a mask that exists
    is complete. An input's earlier outputs are deleted when the run starts. OUT/summary.json sums the run.
@@ -32,15 +33,15 @@ import torch
 from rasterio.errors import NotGeoreferencedWarning
 
 from segcore.checkpoint import load_model
-from segcore.config import Config, ConfigError, InputConfig, S3Config
+from segcore.config import Config, ConfigError, InputConfig
 from segcore.errors import InputError
 from segcore.inference import pick_device, predict_block, to_mask, to_probability_bytes
 from segcore.labels import match_labels, open_labels
 from segcore.metrics import DEFAULT_THRESHOLD
+from segcore.pipelines.blocks import block_of, read_block
 from segcore.raster.blend import crop_core
 from segcore.raster.grid import Block, plan_blocks
-from segcore.raster.io import RasterInfo, check_imagery, check_readable, nodata_value, open_raster, raster_info, \
-    read_rgb
+from segcore.raster.io import RasterInfo, check_imagery, check_readable, open_raster, raster_info
 from segcore.raster.write import OUTPUT_FILES, assemble, block_file, save_block
 from segcore.storage import describe_error, filesystem, is_s3, join, list_rasters, write_bytes
 
@@ -183,25 +184,6 @@ def plan_segment(inputs: list[str], checkpoint: str, output: str, cfg: Config,
     return plan
 
 
-BLOCK_FIELDS = tuple(f.name for f in dataclasses.fields(Block))
-
-
-def _block(row: dict) -> Block:
-    return Block(**{name: int(row[name]) for name in BLOCK_FIELDS})
-
-
-def read_block(row: dict, input_cfg: InputConfig, s3: S3Config) -> dict:
-    """Ray Data map: read one block's window as uint8 RGB + valid mask; a failure becomes the row's error."""
-    try:
-        with open_raster(row["path"], s3) as dataset:
-            info = raster_info(dataset, row["path"])
-            rgb, valid = read_rgb(dataset, _block(row).read_window, input_cfg, nodata_value(info, input_cfg))
-        return dict(row, rgb=rgb, valid=valid, error="")
-    except Exception as exc:  # noqa: BLE001 - any failure of one input's read must not stop the others
-        message = str(exc) if isinstance(exc, InputError) else describe_error(row["path"], exc)
-        return dict(row, rgb=np.zeros((3, 0, 0), np.uint8), valid=np.zeros((0, 0), bool), error=message)
-
-
 class BlockSegmenter:
     """Ray Data actor: loads the checkpoint once, then segments blocks and writes their block files."""
 
@@ -222,7 +204,7 @@ class BlockSegmenter:
         prediction = predict_block(self.model, row["rgb"], row["valid"], tile_size=seg.tile_size,
                                    overlap=seg.overlap, batch_size=seg.batch_size, device=self.device,
                                    precision=seg.precision, channels_last=seg.channels_last)
-        block = _block(row)
+        block = block_of(row)
         probability = crop_core(prediction.probability, block)
         save_block(row["dest"], to_mask(probability, self.threshold),
                    to_probability_bytes(probability) if seg.write_probability else None,
