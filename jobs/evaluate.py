@@ -21,12 +21,9 @@ def main() -> int:
     args = parser.parse_args()
     cfg = config_from_args(args)
 
-    import ray
-
     from segcore.pipelines.train import run_evaluation
     from segcore.storage import write_bytes
 
-    ray.init()
     metrics = run_evaluation(cfg, args.checkpoint, args.data, args.split, args.threshold)
     text = json.dumps(metrics, indent=2)
     print(text)

@@ -3,7 +3,8 @@
     python jobs/train.py --config configs/dev.yaml --set train.data_root=ROOT --set train.run_dir=runs/dev
     python jobs/train.py --config configs/dev.yaml --resume runs/dev          # continue at the next epoch
     ray job submit --working-dir . -- python jobs/train.py --config configs/train.yaml --set ...
-`ray.init()` connects to a running cluster (ray job submit, or RAY_ADDRESS) and otherwise starts a local one.
+Ray starts once the inputs are checked: `ray.init()` connects to a running cluster (ray job submit, or
+RAY_ADDRESS) and otherwise starts a local one.
 """
 import argparse
 
@@ -17,11 +18,8 @@ def main() -> int:
     args = parser.parse_args()
     cfg = config_from_args(args)
 
-    import ray
-
     from segcore.pipelines.train import run_training
 
-    ray.init()
     metrics = run_training(cfg, resume=args.resume)
     run_dir = args.resume or cfg.train.run_dir
     print(f"done: epoch {metrics.get('epoch')}, val IoU {metrics.get('val_iou', float('nan')):.4f}; "

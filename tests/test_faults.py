@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -885,3 +886,13 @@ def test_segment_output_names_from_odd_input_names_stay_inside_out(mixed_run):
         assert (mixed_run.out / key / "mask.tif").resolve().parent.parent == out
     assert all(p.resolve().is_relative_to(out) for p in mixed_run.out.rglob("*"))
     assert not (REPO / MARKER).exists() and not (mixed_run.root / MARKER).exists()
+
+
+def _row_numbers(text: str) -> list[str]:
+    return re.findall(r"^\| (\d+\.\d+) \|", text, flags=re.MULTILINE)
+
+
+def test_the_readme_table_lists_every_row_of_the_matrix():
+    readme_rows = _row_numbers((REPO / "README.md").read_text())
+    matrix_rows = _row_numbers((REPO / "FAULTS.md").read_text())
+    assert len(matrix_rows) >= 38 and readme_rows == matrix_rows

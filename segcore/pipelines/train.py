@@ -290,6 +290,13 @@ def _ray_storage(run_dir: str, cfg: Config) -> dict:
     return {"storage_path": run_dir[len("s3://"):], "storage_filesystem": pyarrow.fs.S3FileSystem(**kwargs)}
 
 
+def _init_ray() -> None:
+    """Connect to the running cluster (ray job submit, RAY_ADDRESS) or start a local Ray, unless a caller
+    already did. Called after the input checks, so that bad input costs no Ray start."""
+    if not ray.is_initialized():
+        ray.init()
+
+
 def _trainer(loop, loop_config: dict, cfg: Config, datasets: dict, name: str) -> TorchTrainer:
     t = cfg.train
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
@@ -329,6 +336,7 @@ def run_training(cfg: Config, resume: str | None = None) -> dict:
         pairs["test"] = check_split(t.data_root, "test", t.tile_size, cfg)
     if len(pairs["train"]) < t.num_workers:
         raise InputError(f"{t.data_root}: {len(pairs['train'])} training patches for {t.num_workers} workers")
+    _init_ray()
     datasets = {split: build_dataset(p, cfg, augment=(split == "train")) for split, p in pairs.items()}
     print(f"training on {', '.join(f'{len(p)} {s}' for s, p in pairs.items())} patches with {t.num_workers} "
           f"{'GPU' if t.use_gpu else 'CPU'} worker(s); run directory {t.run_dir}", flush=True)
@@ -378,6 +386,7 @@ def run_evaluation(cfg: Config, checkpoint: str, data_root: str, split: str = "t
     cfg.input = config_from_dict({"input": stored["input"]}).input
     cfg.train.threshold = float(stored["threshold"]) if threshold is None else threshold
     pairs = check_split(data_root, split, cfg.train.tile_size, cfg)
+    _init_ray()
     loop_config = {"cfg": cfg.to_dict(), "checkpoint": checkpoint, "split": split}
     with tempfile.TemporaryDirectory() as scratch:  # Ray's run storage; evaluation writes no checkpoints
         cfg.train.run_dir = scratch
