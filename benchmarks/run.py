@@ -17,8 +17,9 @@ compare, scale, s3, train.
   overlap) against jobs/segment.py's pipeline (plan_segment + run_segment on a local Ray) with overlap 0 and
   the default overlap 64, same checkpoint, same cores; pipeline efficiency = end-to-end tiles/s over the
   model-only ceiling measured in this run (before and after the pipeline runs; the higher one is used).
-  "Steady" rates are the actors' mean tiles/s while busy times the pool size: what the pool sustains once
-  started, leaving out start-up, the tail (fewer blocks left than actors) and assembly.
+  "Steady" rates are the actors' mean tiles/s while busy times the number of actors that had work (the pool
+  size, or fewer when the mosaic has fewer blocks): what the pool sustains once started, leaving out
+  start-up, the tail (fewer blocks left than actors) and assembly.
 - scale: wall time and peak RSS (driver + every Ray process, sampled every 0.2 s) for growing mosaics
   (VRTs tiling copies of one generated city), and the same on a loopback S3 server (moto, left out of the
   RSS sum) with real GeoTIFFs. A size equal to the comparison's mosaic reuses its overlap-64 run.
@@ -233,8 +234,9 @@ def run_pipeline(image: str, checkpoint: str, output: str, cfg, *, exclude_pids=
     else:
         fs.rm(output, recursive=True)
     actors = cfg.segment.actors
+    busy = min(actors, metrics["blocks"]["computed"])  # a 1-block mosaic keeps one actor busy, not the pool
     result = dict(workflow=label or "segment pipeline", overlap=cfg.segment.overlap, batch=cfg.segment.batch_size,
-                  actors=actors, steady_tiles_per_s=tiles / (actor_seconds / actors),
+                  actors=actors, steady_tiles_per_s=tiles / (actor_seconds / busy),
                   width=metrics["width"], height=metrics["height"], blocks=metrics["blocks"]["total"], tiles=tiles,
                   seconds=seconds, tiles_per_s=tiles / seconds, megapixels_per_s=pixels / 1e6 / seconds,
                   actor_seconds=actor_seconds, outside_actor_seconds=seconds - actor_seconds / actors,
