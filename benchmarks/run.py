@@ -236,10 +236,10 @@ def run_pipeline(image: str, checkpoint: str, output: str, cfg, *, exclude_pids=
     actors = cfg.segment.actors
     busy = min(actors, metrics["blocks"]["computed"])  # a 1-block mosaic keeps one actor busy, not the pool
     result = dict(workflow=label or "segment pipeline", overlap=cfg.segment.overlap, batch=cfg.segment.batch_size,
-                  actors=actors, steady_tiles_per_s=tiles / (actor_seconds / busy),
+                  actors=actors, busy_actors=busy, steady_tiles_per_s=tiles / (actor_seconds / busy),
                   width=metrics["width"], height=metrics["height"], blocks=metrics["blocks"]["total"], tiles=tiles,
                   seconds=seconds, tiles_per_s=tiles / seconds, megapixels_per_s=pixels / 1e6 / seconds,
-                  actor_seconds=actor_seconds, outside_actor_seconds=seconds - actor_seconds / actors,
+                  actor_seconds=actor_seconds, outside_actor_seconds=seconds - actor_seconds / busy,
                   peak_rss_mib=rss.peak_mib, rss_top=rss.top(), rss_samples=rss.samples,
                   load=(load_before, common.load_average()))
     log(f"{result['workflow']} {metrics['width']}x{metrics['height']} overlap {result['overlap']}: {tiles} tiles in "
@@ -419,7 +419,7 @@ def report(results: dict, p: dict, args) -> str:
         out.append("Seed workflow stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in seed["stages"].items())
                    + f"; its model-only rate at batch 1 inside the loop: {seed['model_tiles_per_s']:.3f} tiles/s.")
         out.append("Pipeline wall time split: " + "; ".join(
-            f"overlap {r['overlap']}: actors busy {r['actor_seconds'] / r['actors']:.1f} s each, the rest (start, "
+            f"overlap {r['overlap']}: actors busy {r['actor_seconds'] / r['busy_actors']:.1f} s each, the rest (start, "
             f"model load, first read, tail, assembly) {r['outside_actor_seconds']:.1f} s" for r in c["rows"][1:]) + ".")
     for key, title in (("scale", "Scale, local mosaics"), ("s3", "Scale, S3 (moto on loopback)")):
         if key not in results:
