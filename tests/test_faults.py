@@ -610,7 +610,7 @@ def test_killed_segment_actor_is_restarted_and_the_mask_is_identical(good, refer
     started_ms = time.time() * 1000
     thread, result = _run_in_thread(plan)
     assert wait_for(lambda: block_files(out, "good") or not thread.is_alive())
-    pool = [a for a in state.actors().values() if "MapWorker" in a["ActorClassName"] and a["State"] == "ALIVE"
+    pool = [a for a in state.actors().values() if "BlockSegmenter" in a["ActorClassName"] and a["State"] == "ALIVE"
             and a["StartTime"] >= started_ms]
     assert len(pool) == 1, pool
     os.kill(pool[0]["Pid"], signal.SIGKILL)  # the actor process dies, as on an OOM kill or a lost node

@@ -4,7 +4,7 @@
    check the output is writable, expand the inputs and open and check each one (a bad one is recorded
    as failed; the others go on), name its outputs, plan its blocks and find those an earlier run finished.
 2. Run (`run_segment`): a streaming dataset of the unfinished blocks. CPU tasks read each block with its
-   halo (`blocks.read_block`: torch-free, so its workers start fast); a pool of `BlockSegmenter` actors
+   halo (`blocks.BlockReader`: torch-free, so its workers start fast); a pool of `BlockSegmenter` actors
    runs `predict_block` on it, thresholds it and writes its core atomically to
    OUT/.work/<key>-<hash>/block_<i>.npz. The file name depends only on the raster, the block and the
    settings that change the output, so a rerun skips what is done.
@@ -38,7 +38,7 @@ from segcore.errors import InputError
 from segcore.inference import pick_device, predict_block, to_mask, to_probability_bytes
 from segcore.labels import match_labels, open_labels
 from segcore.metrics import DEFAULT_THRESHOLD
-from segcore.pipelines.blocks import block_of, read_block
+from segcore.pipelines.blocks import BlockReader, block_of
 from segcore.raster.blend import crop_core
 from segcore.raster.grid import Block, plan_blocks
 from segcore.raster.io import RasterInfo, check_imagery, check_readable, open_raster, raster_info
@@ -50,7 +50,7 @@ warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 WORK_DIR = ".work"
 BLOCK_FORMAT = "segcore-block/1"  # bump when the block files change meaning
-READ_CPUS = 0.5  # reading is mostly I/O and decompression; leave the cores to the inference actors
+READ_CPUS = 0.5  # per block reader (up to one per inference actor): I/O and decompression, mostly
 
 
 @dataclass
@@ -239,7 +239,8 @@ def _descriptors(plan: SegmentPlan) -> list[dict]:
 def _dataset(plan: SegmentPlan, items: list[dict]):
     seg = plan.cfg.segment
     return (ray.data.from_items(items, override_num_blocks=len(items))
-            .map(read_block, fn_kwargs=dict(input_cfg=plan.cfg.input, s3=plan.cfg.s3), num_cpus=READ_CPUS)
+            .map(BlockReader, fn_constructor_kwargs=dict(input_cfg=plan.cfg.input, s3=plan.cfg.s3), num_cpus=READ_CPUS,
+                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=seg.actors))
             .map_batches(BlockSegmenter, fn_constructor_kwargs=dict(checkpoint=plan.checkpoint, cfg=plan.cfg,
                                                                     threshold=plan.threshold),
                          batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=seg.actors),
