@@ -157,15 +157,9 @@ def _concurrent_worker(checkpoint: str, batch: int, seconds: float, threads: int
 
     torch.set_num_threads(threads)
     model = load_model(checkpoint, ModelConfig()).model.eval().to(memory_format=torch.channels_last)
-    x = torch.rand(batch, 3, TILE, TILE).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        model(x)  # warm-up
-        barrier.wait()  # every process measures over the same stretch of time
-        tiles, began = 0, time.perf_counter()
-        while time.perf_counter() - began < seconds:
-            model(x)
-            tiles += batch
-    rates.put(tiles / (time.perf_counter() - began))
+    model_tiles_per_s(model, batch, min_seconds=0, channels_last=True)  # warm-up, before the others start
+    barrier.wait()  # every process measures over the same stretch of time
+    rates.put(model_tiles_per_s(model, batch, min_seconds=seconds, channels_last=True, warmup=0))
 
 
 def concurrent_tiles_per_s(checkpoint: str, processes: int, batch: int, *, seconds: float, threads: int = 1) -> float:

@@ -248,6 +248,13 @@ def run_pipeline(image: str, checkpoint: str, output: str, cfg, *, exclude_pids=
     return result
 
 
+def add_efficiency(row: dict, ceiling: float) -> dict:
+    """A pipeline row's end-to-end and steady tiles/s as fractions of the model-only ceiling."""
+    row["efficiency"] = row["tiles_per_s"] / ceiling
+    row["steady_efficiency"] = row["steady_tiles_per_s"] / ceiling
+    return row
+
+
 def start_ray(num_cpus: int) -> float:
     import ray
 
@@ -279,8 +286,7 @@ def section_compare(p: dict, results: dict, work: Path, base_image: Path, checkp
     for row in rows[1:]:
         row["speedup_vs_seed"] = rows[0]["seconds"] / row["seconds"]
         row["mpx_ratio_vs_seed"] = row["megapixels_per_s"] / rows[0]["megapixels_per_s"]
-        row["efficiency"] = row["tiles_per_s"] / ceiling
-        row["steady_efficiency"] = row["steady_tiles_per_s"] / ceiling
+        add_efficiency(row, ceiling)
     gflop, _ = common.model_flops(p["backbone"], p["width"])
     results["compare"] = dict(image=image, size=p["compare_size"], backbone=p["backbone"], width=p["width"],
                               gflop_per_tile=gflop, rows=rows, **limits)
@@ -305,9 +311,7 @@ def section_scale(p: dict, results: dict, work: Path, base_image: Path, checkpoi
         row = run_pipeline(image, checkpoint, str(work / f"out-scale-{size}"), segment_cfg(64, batch),
                            label="local " + ("GeoTIFF" if image.endswith(".tif") else "VRT"))
         row["size"] = size
-        row["efficiency"] = row["tiles_per_s"] / ceiling
-        row["steady_efficiency"] = row["steady_tiles_per_s"] / ceiling
-        rows.append(row)
+        rows.append(add_efficiency(row, ceiling))
     results["scale"] = rows
 
 
@@ -323,9 +327,7 @@ def section_s3(p: dict, results: dict, work: Path, base_image: Path, checkpoint:
             row = run_pipeline(url, checkpoint, f"s3://bench/out-{size}", segment_cfg(64, batch, server.endpoint),
                                exclude_pids=[server.proc.pid], label="S3 GeoTIFF")
             row["size"] = size
-            row["efficiency"] = row["tiles_per_s"] / ceiling
-            row["steady_efficiency"] = row["steady_tiles_per_s"] / ceiling
-            rows.append(row)
+            rows.append(add_efficiency(row, ceiling))
     finally:
         server.stop()
     results["s3"] = rows
@@ -452,8 +454,7 @@ def report(results: dict, p: dict, args) -> str:
 def _steady(row: dict) -> str:
     if "steady_tiles_per_s" not in row:
         return "-"
-    return fmt(row["steady_tiles_per_s"], 3) + (f" ({row['steady_efficiency']:.2f})" if row.get("steady_efficiency")
-                                               else "")
+    return f"{fmt(row['steady_tiles_per_s'], 3)} ({row['steady_efficiency']:.2f})"
 
 
 def _load(row: dict) -> str:
