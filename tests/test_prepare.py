@@ -276,8 +276,11 @@ def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(case, geotiff,
     assert not out.parent.exists() or not leftovers(out)
 
 
-def test_corrupt_block_found_mid_run_leaves_nothing(geotiff, tmp_path, ray_local):
-    """A block that fails only when read (the header and last block are fine) still fails cleanly."""
+def test_corrupt_block_found_mid_run_leaves_nothing(geotiff, tmp_path, ray_local, capsys):
+    """A block that fails only when read (the header and last block are fine) still fails cleanly. The other
+    mosaic's task is let finish, never cancelled (Ray 2.60 can crash the driver on a cancel), and then
+    its patches are removed too."""
+    big = geotiff("big.tif", _rgb(4096, 4096))  # seconds of work: still running when img.tif fails
     image = geotiff("img.tif", _rgb(512, 512), tiled=True, blockxsize=128, blockysize=128, compress="deflate")
     with rasterio.open(image) as src:
         offset = int(src.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
@@ -286,9 +289,11 @@ def test_corrupt_block_found_mid_run_leaves_nothing(geotiff, tmp_path, ray_local
     data[offset:offset + size] = b"\xff" * size
     image.write_bytes(bytes(data))
     out = tmp_path / "ds"
+    labels = [str(_polygons(tmp_path / "big.geojson")), str(_polygons(tmp_path / "img.geojson"))]
     with pytest.raises(InputError, match="img.tif"):
-        prepare_dataset([str(image)], [str(_polygons(tmp_path / "b.geojson"))], str(out), config())
+        prepare_dataset([str(big), str(image)], labels, str(out), config())
     assert leftovers(out) == []
+    assert "waiting for 1 other mosaic task(s) to end" in capsys.readouterr().out  # big.tif: still being cut
 
 
 def test_cli_bad_input_exits_2_with_one_line(tmp_path):

@@ -267,6 +267,17 @@ def _publish_local(staging: str, output: str) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def _wait_for_the_others(refs: list) -> None:
+    """Let the run's other tasks end before their files are removed. Not ray.cancel: in Ray 2.60 cancelling a
+    task whose reply is on its way kills the driver ("Tried to complete task that was not pending"), and each
+    task is one mosaic, so the wait is bounded."""
+    _, running = ray.wait(refs, num_returns=len(refs), timeout=0)
+    if running:
+        print(f"waiting for {len(running)} other mosaic task(s) to end before removing the partial dataset",
+              flush=True)
+    ray.wait(refs, num_returns=len(refs))
+
+
 def run_plan(plan: DatasetPlan) -> PrepareSummary:
     """Run a checked plan on the already initialised Ray and publish the dataset all at once."""
     output, cfg = plan.output, plan.cfg
@@ -288,10 +299,9 @@ def run_plan(plan: DatasetPlan) -> PrepareSummary:
         if not is_s3(output):
             _check_output(output, cfg, plan.overwrite)  # again: something may have been put there meanwhile
             _publish_local(target, output)
-    except BaseException:
-        for ref in refs:
-            ray.cancel(ref)
-        ray.wait(refs, num_returns=len(refs), timeout=60)  # let tasks stop before their files are removed
+    except BaseException as exc:
+        if isinstance(exc, Exception):  # not on Ctrl-C: the driver's exit ends its tasks
+            _wait_for_the_others(refs)
         if not is_s3(output):
             shutil.rmtree(target, ignore_errors=True)
         elif fs.exists(output):
