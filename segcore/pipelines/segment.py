@@ -3,9 +3,9 @@
 1. Plan (driver, no Ray; `plan_segment`): load the checkpoint (a bad one is an InputError: nothing starts),
    check the output is writable, expand the inputs and open and check each one (a bad one is recorded
    as failed; the others go on), name its outputs, plan its blocks and find those an earlier run finished.
-2. Run (`run_segment`): a streaming dataset of the unfinished blocks. CPU tasks read each block with its
-   halo (`blocks.BlockReader`: torch-free, so its workers start fast); a pool of `BlockSegmenter` actors
-   runs `predict_block` on it, thresholds it and writes its core atomically to
+2. Run (`run_segment`): a streaming dataset of the unfinished blocks. A pool of CPU reader actors reads
+   each block with its halo (`blocks.BlockReader`: torch-free, so they start fast); a pool of
+   `BlockSegmenter` actors runs `predict_block` on it, thresholds it and writes its core atomically to
    OUT/.work/<key>-<hash>/block_<i>.npz. The file name depends only on the raster, the block and the
    settings that change the output, so a rerun skips what is done.
 3. Assemble (driver, `raster.write.assemble`): when every block of an input is done, its block files are
@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -291,10 +292,10 @@ def run_segment(plan: SegmentPlan) -> dict:
                 print(_report(results[number]), flush=True)
             except Exception as exc:  # noqa: BLE001 - one input's failed assembly must not stop the others
                 job.error = str(exc) if isinstance(exc, InputError) else describe_error(job.out, exc)
-                try:  # outputs published before the failure (prob.tif, polygons, ...) are a partial set
+                # Outputs published before the failure (prob.tif, polygons, ...) are a partial set. Removing them
+                # may fail too when the output store is what failed: the next run deletes them then.
+                with contextlib.suppress(Exception):
                     _remove_outputs(job, cfg)
-                except Exception:  # noqa: BLE001 - the output store may be what failed; the next run deletes them
-                    pass
         if job.error:
             print(f"error: {job.error}", file=sys.stderr, flush=True)
 
