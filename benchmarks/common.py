@@ -6,7 +6,6 @@ over a process tree, a loopback S3 server, and markdown tables.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import os
@@ -76,16 +75,13 @@ def make_checkpoint(path: Path, backbone: str, width: int, seed: int = 0) -> str
     """A random-weights segcore checkpoint (speed does not depend on the weights); threshold 0.5."""
     import torch
 
-    from segcore.checkpoint import save_checkpoint
+    from segcore.checkpoint import Checkpoint
     from segcore.config import InputConfig, ModelConfig
 
     torch.manual_seed(seed)
-    model_cfg = ModelConfig(backbone=backbone, decoder_width=width)
     model = build(backbone, width)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(str(path), dict(model=dataclasses.asdict(model_cfg), input=dataclasses.asdict(InputConfig()),
-                                    threshold=0.5, best_f1_threshold=None, state_dict=model.state_dict(),
-                                    epoch=0, metrics={}))
+    Checkpoint(ModelConfig(backbone=backbone, decoder_width=width), InputConfig(), model.state_dict(),
+               threshold=0.5).save(str(path))
     return str(path)
 
 

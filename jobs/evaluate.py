@@ -21,7 +21,7 @@ def main() -> int:
     args = parser.parse_args()
     cfg = config_from_args(args)
 
-    from segcore.pipelines.train import run_evaluation
+    from segcore.pipelines.evaluate import run_evaluation
     from segcore.storage import write_bytes
 
     metrics = run_evaluation(cfg, args.checkpoint, args.data, args.split, args.threshold)

@@ -30,6 +30,9 @@ def main() -> int:
     cfg = config_from_args(args)
     # Every input is checked before Ray starts, so bad input fails fast with one line.
     plan = plan_dataset(args.images, args.labels, args.output, cfg, overwrite=args.overwrite)
+    if plan.split_block != cfg.prepare.split_block:
+        print(f"prepare.split_block {cfg.prepare.split_block} would leave a split without a square of this imagery: "
+              f"using squares of {plan.split_block}", flush=True)
     ray.init()
     summary = run_plan(plan)
     counts = ", ".join(f"{split} {n}" for split, n in summary.patches.items())

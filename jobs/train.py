@@ -16,9 +16,10 @@ def main() -> int:
     add_config_args(parser)
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     args = parser.parse_args()
-    cfg = config_from_args(args)
+    from segcore.pipelines.train import resume_config, run_training
 
-    from segcore.pipelines.train import run_training
+    # A resumed run keeps its own settings (data, model, ...): the command line changes only what it names.
+    cfg = resume_config(args.resume, args.config, args.overrides) if args.resume else config_from_args(args)
 
     metrics = run_training(cfg, resume=args.resume)
     run_dir = args.resume or cfg.train.run_dir

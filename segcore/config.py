@@ -18,6 +18,10 @@ import yaml
 from segcore.errors import InputError
 
 
+DEFAULT_THRESHOLD = 0.45  # the fork's decision threshold: building where probability >= it
+MODEL_PARTS = ("encoder", "decoder", "head")
+
+
 class ConfigError(InputError):
     """A bad key or value in a config file or override; the message is one line."""
 
@@ -117,7 +121,7 @@ class TrainConfig:
     plateau_patience: int = 3
     grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
     early_stop_patience: int = 0  # epochs without a better val IoU; 0 disables early stopping
-    threshold: float = 0.45  # the fork's decision threshold for the validation metrics
+    threshold: float = DEFAULT_THRESHOLD  # the decision threshold of the validation metrics
     seed: int = 0
     num_workers: int = 2
     use_gpu: bool = False
@@ -127,8 +131,11 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast applies on GPU only
     channels_last: bool = True  # GPU only
     max_failures: int = 2  # worker failures Ray Train recovers from (from the last checkpoint)
-    # Test-only fault hook: worker rank 1 exits abruptly at this epoch on the first attempt; -1 = off.
-    fault_epoch: int = -1
+    # Fine-tuning: start from this checkpoint's weights (segcore or fork; local or s3://), with a fresh
+    # optimizer and schedule. init_parts picks what it initialises; the rest starts fresh (e.g. [encoder]
+    # keeps a backbone and trains a decoder of another width). --resume continues a run instead.
+    init_from: str = ""
+    init_parts: list[Literal["encoder", "decoder", "head"]] = field(default_factory=lambda: list(MODEL_PARTS))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self, at: str) -> None:
@@ -147,6 +154,8 @@ class TrainConfig:
         _check(f"{at}.threshold", self.threshold, 0 < self.threshold < 1, "a probability in (0, 1)")
         _check(f"{at}.gpus_per_worker", self.gpus_per_worker, self.gpus_per_worker > 0, "a number > 0")
         _check(f"{at}.cpus_per_worker", self.cpus_per_worker, self.cpus_per_worker > 0, "a number > 0")
+        _check(f"{at}.init_parts", self.init_parts, bool(self.init_parts) and len(set(self.init_parts)) ==
+               len(self.init_parts), f"a non-empty list of distinct parts among {', '.join(MODEL_PARTS)}")
 
 
 @dataclass
@@ -155,7 +164,7 @@ class SegmentConfig:
     overlap: int = 64  # pixels shared by neighbouring tiles, blended with a smooth window
     block_size: int = 2304  # pixels a side of the unit of work (read, infer, write, resume)
     batch_size: int = 8  # tiles per forward pass
-    threshold: Optional[float] = None  # None: the checkpoint's stored threshold, else 0.45
+    threshold: Optional[float] = None  # None: the checkpoint's stored threshold, else DEFAULT_THRESHOLD
     actors: int = 1  # inference actor pool size
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0  # 1 on GPU clusters; 0 runs CPU actors (local mode)
@@ -230,7 +239,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(hint):
         _check(key, value, isinstance(value, dict), "a mapping of settings")
-        return _build(hint, value, key)
+        return section_from_dict(hint, value, key)
     if hint is bool:
         _check(key, value, isinstance(value, bool), "true or false")
     elif hint is int:
@@ -245,7 +254,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def _build(cls: type, data: dict, at: str) -> Any:
+def section_from_dict(cls: type, data: dict, at: str) -> Any:
+    """A config dataclass (Config or one section) from plain data, validated; `at` names it in errors."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
@@ -270,8 +280,18 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a Config from a YAML file (or the defaults when path is None), then apply overrides."""
+def _merged(base: dict, changes: dict) -> dict:
+    """`base` with `changes` laid over it, section by section."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: dict | None = None) -> Config:
+    """Load a Config from a YAML file, then apply overrides. Settings neither names come from `base` (plain
+    data, e.g. the config a run stored, which --resume continues) or else from the defaults."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -294,9 +314,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
                 raise ConfigError(f"override {item!r}: '{part}' is a setting, not a section")
             node = child
         node[keys[-1]] = value
-    return config_from_dict(data)
+    return config_from_dict(_merged(base or {}, data))
 
 
 def config_from_dict(data: dict) -> Config:
     """Build and validate a Config from plain data (a parsed YAML file, or a checkpoint's stored config)."""
-    return _build(Config, data, "")
+    return section_from_dict(Config, data, "")

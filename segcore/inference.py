@@ -6,13 +6,13 @@ The block goes to the device once as uint8 and is cropped and normalized (`/ 255
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from segcore.model.inputs import autocast_for, prepare_input
 from segcore.raster.blend import accumulate, weight_window
 from segcore.raster.grid import tile_starts
 
@@ -58,9 +58,6 @@ def predict_block(model: nn.Module, rgb: np.ndarray, valid: np.ndarray, *, tile_
     keep = [bool(valid[row:row + tile_size, col:col + tile_size].any()) for row, col in origins]
     origins = [origin for origin, kept in zip(origins, keep) if kept]
 
-    on_cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda and precision == "bf16" \
-        else contextlib.nullcontext()
     window = weight_window(tile_size, overlap, device)
     total = torch.zeros((padded_h, padded_w), dtype=torch.float32, device=device)
     weights = torch.zeros_like(total)
@@ -69,10 +66,9 @@ def predict_block(model: nn.Module, rgb: np.ndarray, valid: np.ndarray, *, tile_
     with torch.inference_mode():
         for start in range(0, len(origins), batch_size):
             batch = origins[start:start + batch_size]
-            tiles = torch.stack([image[:, r:r + tile_size, c:c + tile_size] for r, c in batch]).float().div_(255.0)
-            if channels_last:
-                tiles = tiles.contiguous(memory_format=torch.channels_last)
-            with autocast:
+            tiles = prepare_input(torch.stack([image[:, r:r + tile_size, c:c + tile_size] for r, c in batch]),
+                                  channels_last)
+            with autocast_for(device, precision):
                 logits = model(tiles)
             accumulate(total, weights, logits[:, 0].float().sigmoid(), batch, window)
         probability = (total / weights).cpu().numpy()

@@ -13,9 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_THRESHOLD = 0.45  # the fork's decision threshold
-
-
 def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den else 0.0
 

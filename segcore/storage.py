@@ -43,6 +43,11 @@ def filesystem(path: str, s3: S3Config | None = None) -> fsspec.AbstractFileSyst
                              config_kwargs={"retries": {"max_attempts": 5, "mode": "standard"}})
 
 
+def absolute(path: str) -> str:
+    """`path` made absolute when local: Ray workers run in directories of their own, not the driver's."""
+    return path if is_s3(path) else os.path.abspath(path)
+
+
 def join(base: str, *parts: str) -> str:
     if is_s3(base):
         return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])

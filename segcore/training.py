@@ -1,13 +1,14 @@
-"""The Ray-free parts of training: batches to tensors, optimizer and schedulers, one epoch, evaluation.
+"""The Ray-free parts of training: batches to tensors, optimizer and schedulers, one epoch, evaluation,
+and the state a run carries from epoch to epoch.
 
 The Ray Train loop in `segcore.pipelines.train` strings these together; they also run alone in tests.
 """
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Optional
 
 import numpy as np
 import torch
@@ -15,30 +16,20 @@ from torch import nn
 
 from segcore.config import TrainConfig
 from segcore.metrics import ConfusionCounts, ProbabilityHistogram
+from segcore.model.inputs import autocast_for, prepare_input
 
 HISTOGRAM_BINS = 1000
 
 
 def to_model_input(images: np.ndarray, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """N x H x W x 3 uint8 (as stored) -> N x 3 x H x W float in [0, 1] on `device`.
-
-    The uint8 bytes travel to the device and are divided by 255 there: the same rule as inference.
-    """
+    """N x H x W x 3 uint8 (as stored) -> N x 3 x H x W float in [0, 1] on `device` (`prepare_input`'s rule)."""
     x = torch.from_numpy(np.require(images, requirements=("C", "W"))).to(device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+    return prepare_input(x.permute(0, 3, 1, 2), channels_last)
 
 
 def to_target(labels: np.ndarray, device: torch.device) -> torch.Tensor:
     """N x H x W masks (any value > 0 is building) -> N x 1 x H x W float {0, 1}."""
     return (torch.from_numpy(np.require(labels, requirements=("C", "W"))).to(device) > 0).float().unsqueeze(1)
-
-
-def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast on CUDA when asked; CPU training stays fp32 (bf16 on CPU is slow and lossy)."""
-    if device.type == "cuda" and precision == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -101,8 +92,38 @@ class EpochStats:
                    ProbabilityHistogram(HISTOGRAM_BINS, hist[:HISTOGRAM_BINS], hist[HISTOGRAM_BINS:]))
 
 
+@dataclass
+class Progress:
+    """What a run carries from epoch to epoch (saved in last.pt, restored by --resume)."""
+
+    history: list[dict] = field(default_factory=list)  # one row of metrics per epoch
+    best_iou: float = -1.0
+    best_epoch: int = 0
+    stale_epochs: int = 0  # epochs since the best validation IoU
+    best_state_dict: Optional[dict] = None  # weights of the best epoch (None in last.pt when it is the last epoch)
+
+    def record(self, row: dict, val_iou: float, state_dict: Callable[[], dict]) -> bool:
+        """Add an epoch's row; True when its validation IoU is the best so far (then its weights are kept)."""
+        self.history.append(row)
+        if val_iou > self.best_iou:
+            self.best_iou, self.best_epoch, self.stale_epochs = val_iou, row["epoch"], 0
+            self.best_state_dict = state_dict()
+            return True
+        self.stale_epochs += 1
+        return False
+
+
+@dataclass(frozen=True)
+class TrainHooks:
+    """Extension points of the training loop, called on every worker (tools and tests observe or perturb a
+    run through them, e.g. kill a worker mid-epoch). They must be picklable: module-level functions."""
+
+    on_start: Optional[Callable[[nn.Module, int], None]] = None  # (model before the first step, rank)
+    on_batch: Optional[Callable[[int, int, int], None]] = None  # (epoch, batch index, rank) after each step
+
+
 def train_one_epoch(model: nn.Module, batches: Iterable[dict], loss_fn: nn.Module, optimizer, device: torch.device,
-                    cfg: TrainConfig, on_batch=None) -> EpochStats:
+                    cfg: TrainConfig, on_batch: Optional[Callable[[int], None]] = None) -> EpochStats:
     """One pass over `batches` (dicts of uint8 "image" NxHxWx3 and "label" NxHxW); returns the loss sum."""
     model.train()
     channels_last = cfg.channels_last and device.type == "cuda"

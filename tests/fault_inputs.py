@@ -9,7 +9,6 @@ Every process started here is found again by its pid (or a marker in its environ
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import os
 import signal
@@ -26,7 +25,7 @@ import numpy as np
 import rasterio
 import torch
 
-from segcore.checkpoint import save_checkpoint
+from segcore.checkpoint import Checkpoint
 from segcore.config import InputConfig, ModelConfig
 from segcore.model import build_model
 from tests.conftest import REPO, write_geotiff
@@ -105,10 +104,8 @@ def tiny_checkpoint(path: Path, *, stored_backbone: str = "resnet18", seed: int 
     """A random-weights RefineNet-resnet18 (decoder 16) segcore checkpoint; `stored_backbone` may lie."""
     torch.manual_seed(seed)
     model = build_model("refinenet", "resnet18", 16, False)
-    model_cfg = dataclasses.asdict(ModelConfig(backbone=stored_backbone, decoder_width=16))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(str(path), dict(model=model_cfg, input=dataclasses.asdict(InputConfig()), threshold=THRESHOLD,
-                                    best_f1_threshold=None, state_dict=model.state_dict(), epoch=0, metrics={}))
+    Checkpoint(ModelConfig(backbone=stored_backbone, decoder_width=16), InputConfig(), model.state_dict(),
+               threshold=THRESHOLD).save(str(path))
     return str(path)
 
 
@@ -324,7 +321,12 @@ def job(name: str, *args: str) -> list[str]:
 
 
 def run_job(name: str, *args: str, env: Optional[dict] = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(job(name, *args), capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    return run_job_command(job(name, *args), env=env, timeout=timeout)
+
+
+def run_job_command(command: list[str], *, cwd: Path = REPO, env: Optional[dict] = None,
+                    timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
 
 def pids_marked(marker: str) -> list[int]:

@@ -24,7 +24,7 @@ import ray
 import torch
 import yaml
 
-from segcore.checkpoint import save_checkpoint
+from segcore.checkpoint import Checkpoint
 from segcore.config import InputConfig, ModelConfig, load_config
 from segcore.model import build_model
 from tests.conftest import REPO
@@ -350,10 +350,8 @@ def test_a_segment_job_submitted_to_the_local_head_writes_the_mask(head, tmp_pat
     torch.manual_seed(0)
     model_cfg = ModelConfig(backbone="resnet18", decoder_width=16)
     checkpoint = tmp_path / "model.pt"
-    save_checkpoint(str(checkpoint), dict(
-        model=dataclasses.asdict(model_cfg), input=dataclasses.asdict(InputConfig()), threshold=0.5,
-        best_f1_threshold=None, state_dict=build_model(**dataclasses.asdict(model_cfg)).state_dict(), epoch=0,
-        metrics={}))
+    Checkpoint(model_cfg, InputConfig(), build_model(**dataclasses.asdict(model_cfg)).state_dict(),
+               threshold=0.5).save(str(checkpoint))
     out = tmp_path / "out"
     log = head.run("submit-segment.sh", "--config", "configs/segment.yaml", "--input", city / "image.tif",
                    "--checkpoint", checkpoint, "--output", out, "--labels", city / "labels.tif",

@@ -1,11 +1,9 @@
-"""RefineNet shapes and dtypes, the model registry, and fork-checkpoint loading (segcore.model)."""
+"""RefineNet shapes and dtypes, and the model registry (segcore.model)."""
 
-import numpy as np
 import pytest
 import torch
 
 from segcore.model import build_model, count_parameters
-from segcore.model.fork import load_fork_checkpoint, to_fork_state_dict
 from segcore.model.refinenet import RefineNet
 
 # The fork's RefineNet-ResNet50 (decoder width 256) has exactly this many parameters.
@@ -80,63 +78,3 @@ def test_build_model_builds_refinenet():
 def test_build_model_rejects_unknown_names(arch, backbone, message):
     with pytest.raises(ValueError, match=message):
         build_model(arch, backbone, decoder_width=16, pretrained=False)
-
-
-def test_fork_checkpoint_round_trip_gives_identical_logits(tmp_path):
-    torch.manual_seed(0)
-    source = RefineNet("resnet18", decoder_width=16).eval()
-    fork_state = to_fork_state_dict(source.state_dict())
-    assert "layer0.0.weight" in fork_state and "refine_block_4.chained_residual_pooling.convolution_layer_1.weight" in fork_state
-    path = tmp_path / "fork.pt"
-    # As the fork's trainer saves a DataParallel model.
-    torch.save({"model": {f"module.{key}": value for key, value in fork_state.items()}, "step": 3}, path)
-
-    torch.manual_seed(1)
-    loaded = RefineNet("resnet18", decoder_width=16).eval()
-    load_fork_checkpoint(loaded, path)
-
-    image = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(image), source(image), rtol=0, atol=0)
-
-
-def test_fork_training_state_with_numpy_loss_loads(tmp_path):
-    # The fork's trainer saves its whole state; its best validation loss is a numpy float64.
-    fork_state = to_fork_state_dict(RefineNet("resnet18", decoder_width=16).state_dict())
-    path = tmp_path / "best.pt"
-    torch.save({"model": fork_state, "optimizer": "NA", "step": 10, "bst_vld_loss": np.float64(0.25)}, path)
-    load_fork_checkpoint(RefineNet("resnet18", decoder_width=16), path)
-
-
-@pytest.fixture
-def fork_state():
-    """A valid fork-named state dict for RefineNet(resnet18, decoder_width=16)."""
-    return to_fork_state_dict(RefineNet("resnet18", decoder_width=16).state_dict())
-
-
-def test_missing_key_is_named(fork_state):
-    del fork_state["final_layer.bias"]
-    with pytest.raises(ValueError, match=r"1 missing keys \(final_layer\.bias\)"):
-        load_fork_checkpoint(RefineNet("resnet18", decoder_width=16), fork_state)
-
-
-def test_unexpected_key_is_named(fork_state):
-    state = dict(fork_state, extra_head_weight=torch.zeros(1))
-    with pytest.raises(ValueError, match=r"1 unexpected \(extra_head_weight\)"):
-        load_fork_checkpoint(RefineNet("resnet18", decoder_width=16), state)
-
-
-def test_shape_mismatch_is_named(fork_state, tmp_path):
-    state = dict(fork_state, **{"final_layer.bias": torch.zeros(2)})
-    path = tmp_path / "ckpt.pth"
-    torch.save(state, path)
-    with pytest.raises(ValueError, match=r"ckpt\.pth .*1 shape mismatch \(final_layer\.bias: \(2,\) vs \(1,\)\)"):
-        load_fork_checkpoint(RefineNet("resnet18", decoder_width=16), path)
-
-
-def test_checkpoint_of_another_backbone_is_rejected(fork_state):
-    model = RefineNet("resnet50", decoder_width=16)
-    with pytest.raises(ValueError, match=r"RefineNet\(resnet50.*missing keys \(layer1\.0\.conv3\.weight") as error:
-        load_fork_checkpoint(model, fork_state)
-    assert "shape mismatch" in str(error.value)
-    assert "\n" not in str(error.value)

@@ -15,7 +15,7 @@ from segcore.config import load_config
 from segcore.data.patches import MANIFEST_COLUMNS, SPLITS, decode_image, decode_label, list_pairs
 from segcore.errors import InputError
 from segcore.labels import match_labels
-from segcore.pipelines.prepare import Square, assign_splits, prepare_dataset, square_grid
+from segcore.pipelines.prepare import Square, assign_splits, plan_dataset, prepare_dataset, run_plan, square_grid
 from segcore.raster.grid import tile_windows
 from segcore.storage import filesystem
 from segcore.synth import generate_city
@@ -347,3 +347,26 @@ def test_patches_never_leave_their_square():
                 assert starts[-1] + tile == end
             else:  # the mosaic's edge: covered, the remainder padded
                 assert starts[-1] < end <= starts[-1] + tile
+
+
+def test_imagery_smaller_than_a_few_split_blocks_gets_smaller_squares_so_no_split_is_empty(city, ray_local, tmp_path):
+    """1000 x 700 px is one square of the default 1536: val and test would be empty. Squares halve (spatial,
+    seeded) until each split has one, and the dataset has patches in every split."""
+    plan = plan_dataset([str(city.image)], [str(city.labels)], str(tmp_path / "ds"),
+                        config("prepare.split_block=1536"))
+    assert plan.split_block == 384
+    assert {square.split for job in plan.jobs for square in job.squares} == set(SPLITS)
+    summary = run_plan(plan)
+    assert all(summary.patches[split] > 0 for split in SPLITS) and summary.split_block == 384
+    assert all(list_pairs(str(tmp_path / "ds"), split) for split in SPLITS)
+
+
+def test_imagery_too_small_for_three_splits_is_one_line_naming_split_block(geotiff, tmp_path):
+    image = geotiff("speck.tif", np.full((3, 100, 200), 90, np.uint8))
+    label = geotiff("speck_label.tif", np.zeros((100, 200), np.uint8))
+    with pytest.raises(InputError) as error:
+        plan_dataset([str(image)], [str(label)], str(tmp_path / "ds"), config())
+    assert str(error.value) == ("config key 'prepare.split_block' has value 512: even squares of tile_size 128 give "
+                                "the imagery only 2 square(s), too few for train, val, test; give more imagery or "
+                                "set a split's ratio to 0")
+    assert not (tmp_path / "ds").exists()

@@ -18,7 +18,7 @@ import torch
 from affine import Affine
 from rasterio.features import rasterize
 
-from segcore.checkpoint import save_checkpoint
+from segcore.checkpoint import Checkpoint
 from segcore.config import ConfigError, InputConfig, ModelConfig, load_config
 from segcore.metrics import ConfusionCounts
 from segcore.errors import InputError
@@ -59,9 +59,7 @@ def checkpoint(tmp_path_factory) -> str:
     model_cfg = ModelConfig(backbone="resnet18", decoder_width=16)
     model = build_model(**dataclasses.asdict(model_cfg))
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(str(path), dict(model=dataclasses.asdict(model_cfg), input=dataclasses.asdict(InputConfig()),
-                                    threshold=THRESHOLD, best_f1_threshold=None, state_dict=model.state_dict(),
-                                    epoch=0, metrics={}))
+    Checkpoint(model_cfg, InputConfig(), model.state_dict(), threshold=THRESHOLD).save(str(path))
     return str(path)
 
 

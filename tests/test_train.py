@@ -1,6 +1,9 @@
 """Training on Ray Train with 2 CPU workers (gloo) on a small generated patch set."""
 import csv
+import functools
 import json
+import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,6 +13,7 @@ import torch
 from segcore.checkpoint import read_checkpoint
 from segcore.config import load_config
 from segcore.errors import InputError
+from segcore.training import TrainHooks
 
 TILE = 64
 
@@ -52,7 +56,8 @@ def read_history(run_dir):
 
 
 def test_two_workers_train_write_outputs_resume_and_evaluate_alike(ray_local, patch_root, tmp_path):
-    from segcore.pipelines.train import run_evaluation, run_training
+    from segcore.pipelines.evaluate import run_evaluation
+    from segcore.pipelines.train import run_training
 
     run_dir = tmp_path / "run"
     cfg = small_config(patch_root, run_dir, "train.epochs=2")
@@ -66,9 +71,9 @@ def test_two_workers_train_write_outputs_resume_and_evaluate_alike(ray_local, pa
     for key in ("train_loss", "val_loss", "val_iou", "val_f1", "val_precision", "val_recall", "val_accuracy",
                 "lr", "epoch_seconds", "samples_per_s"):
         assert np.isfinite(float(history[0][key])), key
-    best = read_checkpoint(str(run_dir / "checkpoints" / "best.pt"))  # weights_only=True inside
-    assert best["threshold"] == 0.45 and 0 < best["best_f1_threshold"] <= 1
-    assert best["model"]["backbone"] == "resnet18" and best["input"]["bands"] == [1, 2, 3]
+    best = read_checkpoint(str(run_dir / "checkpoints" / "best.pt")).checkpoint  # weights_only=True inside
+    assert best.threshold == 0.45 and 0 < best.best_f1_threshold <= 1 and best.tile_size == TILE
+    assert best.model.backbone == "resnet18" and best.input.bands == [1, 2, 3]
     test_metrics = json.loads((run_dir / "test_metrics.json").read_text())
     assert test_metrics["samples"] == 8 and 0 <= test_metrics["iou"] <= 1
 
@@ -77,8 +82,8 @@ def test_two_workers_train_write_outputs_resume_and_evaluate_alike(ray_local, pa
     assert resumed["epoch"] == 4
     history = read_history(run_dir)
     assert [int(r["epoch"]) for r in history] == [1, 2, 3, 4]
-    last = read_checkpoint(str(run_dir / "checkpoints" / "last.pt"))
-    assert last["training"]["optimizer"]["state"], "optimizer state is saved for resume"
+    last = read_checkpoint(str(run_dir / "checkpoints" / "last.pt")).checkpoint
+    assert last.training.optimizer["state"], "optimizer state is saved for resume"
     losses = [float(r["train_loss"]) for r in history]
     assert losses[-1] < losses[0], f"training did not lower the loss: {losses}"
 
@@ -101,12 +106,20 @@ def test_refuses_to_overwrite_a_run_without_resume(patch_root, tmp_path):
         run_training(small_config(patch_root, tmp_path / "run"))
 
 
+def kill_rank_1_once(marker: str, at_epoch: int, epoch: int, batch: int, rank: int) -> None:
+    """A TrainHooks.on_batch: worker rank 1 exits abruptly after batch 1 of `at_epoch`, the first time only."""
+    if (epoch, batch, rank) == (at_epoch, 1, 1) and not Path(marker).exists():
+        Path(marker).write_text(f"worker {rank} killed at epoch {epoch}\n")
+        os._exit(1)
+
+
 def test_killed_worker_is_restored_from_the_last_checkpoint(ray_local, patch_root, tmp_path):
     from segcore.pipelines.train import run_training
 
     run_dir = tmp_path / "run"
-    cfg = small_config(patch_root, run_dir, "train.epochs=2", "train.fault_epoch=2", "train.max_failures=2")
-    metrics = run_training(cfg)
+    cfg = small_config(patch_root, run_dir, "train.epochs=2", "train.max_failures=2")
+    hooks = TrainHooks(on_batch=functools.partial(kill_rank_1_once, str(run_dir / ".fault_injected"), 2))
+    metrics = run_training(cfg, hooks=hooks)
     assert (run_dir / ".fault_injected").exists(), "the fault hook did not fire"
     assert metrics["epoch"] == 2
     assert [int(r["epoch"]) for r in read_history(run_dir)] == [1, 2]

@@ -7,6 +7,7 @@ Plain Python (no Ray): the training job's data loading and the prepare pipeline 
 """
 from __future__ import annotations
 
+import struct
 from pathlib import PurePosixPath
 
 import cv2
@@ -21,6 +22,7 @@ MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("split", "image", "label", "source_image", "source_label", "row", "col", "height", "width",
                     "valid_fraction", "building_fraction")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def patch_name(stem: str, row: int, col: int) -> str:
@@ -62,6 +64,15 @@ def decode_label(data: bytes, name: str) -> np.ndarray:
     if array.ndim == 3:
         array = array[..., :3].max(axis=2)  # colour labels: a building may be drawn in any channel
     return (array > 0).astype(np.uint8)
+
+
+def patch_size(fs, path: str) -> tuple[int, int]:
+    """(height, width) of a patch file: from the PNG header when it is one (24 bytes), else by decoding it."""
+    head = fs.cat_file(path, start=0, end=24)
+    if head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        return height, width
+    return decode_image(fs.cat_file(path), path).shape[:2]
 
 
 def _images_by_stem(fs, folder: str) -> dict[str, str]:

@@ -151,6 +151,10 @@ class RefineNet(nn.Module):
     Input height and width must be multiples of 32.
     """
 
+    # Key prefixes of the model's parts, so that a checkpoint can initialise some of them (train.init_parts).
+    PARTS = {"encoder": ("encoder.",), "decoder": ("adapters.", "refine_blocks.", "output_rcu."),
+             "head": ("classifier.",)}
+
     def __init__(self, backbone: str = "resnet50", decoder_width: int = 256, pretrained: bool = False):
         super().__init__()
         self.backbone_name = backbone

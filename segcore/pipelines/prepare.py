@@ -32,7 +32,7 @@ from segcore.errors import InputError
 from segcore.labels import match_labels, open_labels
 from segcore.raster.grid import tile_starts
 from segcore.raster.io import check_imagery, check_readable, nodata_value, open_raster, raster_info, read_rgb
-from segcore.storage import describe_error, filesystem, is_s3, join, list_rasters, write_bytes
+from segcore.storage import absolute, describe_error, filesystem, is_s3, join, list_rasters, write_bytes
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class DatasetPlan:
     cfg: Config
     overwrite: bool
     started: float  # time.perf_counter() when planning began
+    split_block: int  # the square size in effect: prepare.split_block, or smaller for small imagery
 
 
 @dataclass
@@ -72,11 +73,7 @@ class PrepareSummary:
     patches: dict[str, int]  # per split
     skipped_nodata: int
     seconds: float
-
-
-def _absolute(path: str) -> str:
-    # Ray workers need paths that do not depend on the driver's working directory.
-    return path if is_s3(path) else os.path.abspath(path)
+    split_block: int
 
 
 def assign_splits(areas: list[int], cfg: PrepareConfig) -> list[str]:
@@ -134,8 +131,8 @@ def plan_dataset(images: list[str], labels: list[str], output: str, cfg: Config,
                  overwrite: bool = False) -> DatasetPlan:
     """Check every input (each image and label opened) and the output, and plan the squares. Writes nothing."""
     started = time.perf_counter()
-    image_paths = [_absolute(p) for p in list_rasters([str(p) for p in images], cfg.s3)]
-    label_paths = match_labels(image_paths, [_absolute(str(p)) for p in labels], cfg.s3)
+    image_paths = [absolute(p) for p in list_rasters([str(p) for p in images], cfg.s3)]
+    label_paths = match_labels(image_paths, [absolute(str(p)) for p in labels], cfg.s3)
     stems: dict[str, str] = {}
     for path in image_paths:
         other = stems.setdefault(_patch_stem(path), path)
@@ -149,17 +146,39 @@ def plan_dataset(images: list[str], labels: list[str], output: str, cfg: Config,
             check_readable(dataset, image)
         with open_labels(label, info, cfg.s3):
             sizes.append((info.width, info.height))
-    output = _absolute(str(output)).rstrip("/")
+    output = absolute(str(output)).rstrip("/")
     _check_output(output, cfg, overwrite)
 
-    block = cfg.prepare.split_block
-    cells = [(m, row, col, min(block, h - row), min(block, w - col))
-             for m, (w, h) in enumerate(sizes) for row in range(0, h, block) for col in range(0, w, block)]
-    splits = assign_splits([h * w for _, _, _, h, w in cells], cfg.prepare)
+    block, cells, splits = _split_squares(sizes, cfg.prepare)
     jobs = tuple(MosaicJob(image, label, _patch_stem(image), w, h,
                            tuple(Square(*cell[1:], split) for cell, split in zip(cells, splits) if cell[0] == m))
                  for m, (image, label, (w, h)) in enumerate(zip(image_paths, label_paths, sizes)))
-    return DatasetPlan(output, jobs, cfg, overwrite, started)
+    return DatasetPlan(output, jobs, cfg, overwrite, started, block)
+
+
+def _wanted_splits(cfg: PrepareConfig) -> list[str]:
+    return [split for split in SPLITS if getattr(cfg, f"{split}_ratio") > 0]
+
+
+def _split_squares(sizes: list[tuple[int, int]], cfg: PrepareConfig) -> tuple[int, list[tuple], list[str]]:
+    """The square size, the squares (mosaic, row, col, height, width) and their splits.
+
+    Mosaics smaller than a few split_block squares would leave val or test without a square: the square size
+    is then halved (down to tile_size, so the split stays spatial and seeded) until every split with a share
+    gets one, or the imagery is too small for that, which is one line naming prepare.split_block.
+    """
+    block = cfg.split_block
+    while True:
+        cells = [(m, row, col, min(block, h - row), min(block, w - col))
+                 for m, (w, h) in enumerate(sizes) for row in range(0, h, block) for col in range(0, w, block)]
+        splits = assign_splits([h * w for _, _, _, h, w in cells], cfg)
+        if set(_wanted_splits(cfg)) <= set(splits):
+            return block, cells, splits
+        if block == cfg.tile_size:
+            raise InputError(f"config key 'prepare.split_block' has value {cfg.split_block}: even squares of "
+                             f"tile_size {cfg.tile_size} give the imagery only {len(cells)} square(s), too few for "
+                             f"{', '.join(_wanted_splits(cfg))}; give more imagery or set a split's ratio to 0")
+        block = max(cfg.tile_size, block // 2)
 
 
 def _write_patches(job: MosaicJob, local: str, cfg: Config) -> tuple[list[dict], int]:
@@ -292,6 +311,11 @@ def run_plan(plan: DatasetPlan) -> PrepareSummary:
         if not rows:
             raise InputError(f"{', '.join(job.image for job in plan.jobs[:3])}: every patch is nodata; "
                              "no dataset written")
+        empty = [split for split in _wanted_splits(cfg.prepare) if not any(row["split"] == split for row in rows)]
+        if empty:  # its squares held only nodata
+            raise InputError(f"config key 'prepare.split_block' has value {plan.split_block}: the {', '.join(empty)} "
+                             "split's squares hold only nodata, so it would be empty; no dataset written (a smaller "
+                             "split_block spreads the splits over the valid area)")
         try:
             write_bytes(join(target, MANIFEST), _manifest(rows), cfg.s3)  # last: a dataset without it is partial
         except OSError as exc:  # e.g. the disk filled up
@@ -309,7 +333,7 @@ def run_plan(plan: DatasetPlan) -> PrepareSummary:
         raise
     counts = Counter(row["split"] for row in rows)
     return PrepareSummary(output, len(plan.jobs), {split: counts[split] for split in SPLITS},
-                          sum(skipped for _, skipped in results), time.perf_counter() - plan.started)
+                          sum(skipped for _, skipped in results), time.perf_counter() - plan.started, plan.split_block)
 
 
 def prepare_dataset(images: list[str], labels: list[str], output: str, cfg: Config, *,

@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import sys
 import time
@@ -38,13 +37,13 @@ from segcore.config import Config, ConfigError, InputConfig
 from segcore.errors import InputError
 from segcore.inference import pick_device, predict_block, to_mask, to_probability_bytes
 from segcore.labels import match_labels, open_labels
-from segcore.metrics import DEFAULT_THRESHOLD
+from segcore.config import DEFAULT_THRESHOLD
 from segcore.pipelines.blocks import BlockReader, block_of
 from segcore.raster.blend import crop_core
 from segcore.raster.grid import Block, plan_blocks
 from segcore.raster.io import RasterInfo, check_imagery, check_readable, open_raster, raster_info
 from segcore.raster.write import OUTPUT_FILES, assemble, block_file, save_block
-from segcore.storage import describe_error, filesystem, is_s3, join, list_rasters, write_bytes
+from segcore.storage import absolute, describe_error, filesystem, join, list_rasters, write_bytes
 
 # A raster without a CRS gets one warning line from the planner, not one from rasterio per open.
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
@@ -78,11 +77,6 @@ class SegmentPlan:
     settings: dict  # everything that changes the output; hashed into the work directory names
     jobs: list[InputJob]
     started: float = field(default_factory=time.perf_counter)
-
-
-def _absolute(path: str) -> str:
-    # Ray workers must not depend on the driver's working directory.
-    return path if is_s3(path) else os.path.abspath(path)
 
 
 def _digest(data: object) -> str:
@@ -146,17 +140,17 @@ def plan_segment(inputs: list[str], checkpoint: str, output: str, cfg: Config,
         raise ConfigError(f"config key 'segment.polygon_format' has value {cfg.segment.polygon_format!r}: "
                           "only 'geojson' is supported (GeoPackage needs fiona or pyogrio, not installed)")
     started = time.perf_counter()
-    checkpoint = _absolute(str(checkpoint))
+    checkpoint = absolute(str(checkpoint))
     loaded = load_model(checkpoint, cfg.model, cfg.s3)
     cfg = dataclasses.replace(cfg, input=_effective_input(cfg, loaded.input_cfg))
     threshold = next(t for t in (cfg.segment.threshold, loaded.threshold, DEFAULT_THRESHOLD) if t is not None)
     seg = cfg.segment
-    settings = dict(format=BLOCK_FORMAT, checkpoint_sha256=hashlib.sha256(
-        filesystem(checkpoint, cfg.s3).cat_file(checkpoint)).hexdigest(), model=dataclasses.asdict(loaded.model_cfg),
+    settings = dict(format=BLOCK_FORMAT, checkpoint_sha256=loaded.checkpoint.sha256,
+                    model=dataclasses.asdict(loaded.model_cfg),
         input=dataclasses.asdict(cfg.input), tile_size=seg.tile_size, overlap=seg.overlap, block_size=seg.block_size,
         threshold=threshold, precision=seg.precision, gpu=seg.gpus_per_actor > 0,
         write_probability=seg.write_probability)
-    output = _absolute(str(output)).rstrip("/")
+    output = absolute(str(output)).rstrip("/")
     try:  # fail now, not after the compute, if the output cannot be written
         write_bytes(join(output, WORK_DIR, "settings.json"), json.dumps(settings, indent=1).encode(), cfg.s3)
     except OSError as exc:
@@ -166,12 +160,12 @@ def plan_segment(inputs: list[str], checkpoint: str, output: str, cfg: Config,
     images: list[str] = []
     for spec in inputs:
         try:
-            images.extend(_absolute(p) for p in list_rasters([_absolute(str(spec))], cfg.s3))
+            images.extend(absolute(p) for p in list_rasters([absolute(str(spec))], cfg.s3))
         except (InputError, OSError) as exc:
             plan.jobs.append(InputJob(str(spec), error=str(exc) if isinstance(exc, InputError)
                                       else describe_error(str(spec), exc)))
     images = list(dict.fromkeys(images))
-    label_paths = match_labels(images, [_absolute(str(p)) for p in labels], cfg.s3) if labels else [None] * len(images)
+    label_paths = match_labels(images, [absolute(str(p)) for p in labels], cfg.s3) if labels else [None] * len(images)
     for path, key, label in zip(images, input_keys(images), label_paths):
         job = InputJob(path, key, labels=label)
         try:

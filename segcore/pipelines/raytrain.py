@@ -1,0 +1,157 @@
+"""What training and evaluation share on Ray Train: patch datasets on Ray Data, the exact evaluation split,
+all-reduced statistics, run storage and the TorchTrainer itself.
+
+Driver side: `check_split` checks a split's patches (one clear line before any worker starts), `patch_dataset`
+builds a Ray Dataset of patch paths that a `PatchReader` decodes (and for training augments) in CPU tasks.
+Worker side: `all_reduce` sums `EpochStats` over the workers, `unwrap` takes DDP's wrapper off.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from segcore.config import AugmentConfig, Config, S3Config
+from segcore.data.patches import decode_image, decode_label, list_pairs, patch_size
+from segcore.errors import InputError
+from segcore.model.refinenet import INPUT_SIZE_MULTIPLE
+from segcore.storage import filesystem, is_s3
+from segcore.training import EpochStats
+
+PATCH_BATCH = 16  # patches decoded per Ray Data task
+
+
+def init_ray() -> None:
+    """Connect to the running cluster (ray job submit, RAY_ADDRESS) or start a local Ray, unless a caller
+    already did. Jobs call it after their input checks, so that bad input costs no Ray start."""
+    if not ray.is_initialized():
+        ray.init()
+
+
+def check_split(root: str, split: str, cfg: Config, tile_size: Optional[int] = None) -> tuple[list, int]:
+    """(image, label) pairs of one split and their patch size, after checking every file's size.
+
+    With `tile_size`, every patch must be tile_size x tile_size (training); without, every patch must have the
+    size of the first, a square multiple of the model's input multiple (evaluation: the model is fully
+    convolutional).
+    """
+    pairs = list_pairs(root, split, cfg.s3)
+    fs = filesystem(root, cfg.s3)
+    paths = [path for pair in pairs for path in pair]
+    with ThreadPoolExecutor(16) as pool:
+        sizes = list(pool.map(lambda path: patch_size(fs, path), paths))
+    size = tile_size or sizes[0][0]
+    if tile_size is None and (sizes[0][0] != sizes[0][1] or size % INPUT_SIZE_MULTIPLE):
+        raise InputError(f"{paths[0]}: patch is {sizes[0][1]}x{sizes[0][0]}, expected a square whose side is a "
+                         f"multiple of {INPUT_SIZE_MULTIPLE}")
+    for path, (height, width) in zip(paths, sizes):
+        if (height, width) != (size, size):
+            what = "(train.tile_size)" if tile_size else f"(the size of {paths[0]})"
+            raise InputError(f"{path}: patch is {width}x{height}, expected {size}x{size} {what}")
+    return pairs, size
+
+
+class PatchReader:
+    """Ray Data batch function: patch paths -> uint8 images N x H x W x 3 and masks N x H x W in {0, 1}.
+
+    An instance carries its settings into every task; the augmentation pipeline is built once per process.
+    """
+
+    def __init__(self, s3: S3Config, augment: Optional[AugmentConfig] = None):
+        self.s3, self.augment = s3, augment
+        self._transform: Optional[Callable[..., dict]] = None
+
+    def __call__(self, batch: dict) -> dict:
+        fs = filesystem(str(batch["image"][0]), self.s3)
+        images = [decode_image(fs.cat_file(path), path) for path in batch["image"]]
+        labels = [decode_label(fs.cat_file(path), path) for path in batch["label"]]
+        if self.augment is not None:
+            if self._transform is None:
+                from segcore.data.transforms import build_augment
+
+                self._transform = build_augment(self.augment)
+            pairs = [self._transform(image=image, mask=label) for image, label in zip(images, labels)]
+            images, labels = [pair["image"] for pair in pairs], [pair["mask"] for pair in pairs]
+        return {"image": np.stack(images), "label": np.stack(labels)}
+
+
+def patch_dataset(pairs: list[tuple[str, str]], cfg: Config, augment: bool) -> ray.data.Dataset:
+    items = [{"image": image, "label": label} for image, label in pairs]
+    reader = PatchReader(cfg.s3, cfg.train.augment if augment else None)
+    return ray.data.from_items(items).map_batches(reader, batch_size=PATCH_BATCH, batch_format="numpy")
+
+
+class ExactEvalSplit(DataConfig):
+    """Train is split equally (DDP steps stay in lock-step); val/test unequally, so no row is ever dropped
+    and metrics summed over workers equal metrics over the whole split, whatever the worker count."""
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        output = super().configure({"train": datasets["train"]} if "train" in datasets else {},
+                                   world_size, worker_handles, worker_node_ids, **kwargs)
+        for name, dataset in datasets.items():
+            if name == "train":
+                continue
+            dataset = dataset.copy(dataset)
+            dataset.set_name(name)
+            dataset.context.execution_options = self._resolve_execution_options(name)
+            for rank, split in enumerate(dataset.streaming_split(world_size, equal=False)):
+                output[rank][name] = split
+        return output
+
+
+def all_reduce(stats: EpochStats, device: torch.device) -> EpochStats:
+    """`stats` summed over every worker (exact: counts and sums, not means)."""
+    packed = stats.to_tensor()
+    if dist.is_available() and dist.is_initialized():
+        # gloo reduces CPU tensors; NCCL needs them on the GPU.
+        packed = packed.to(device) if device.type == "cuda" else packed
+        dist.all_reduce(packed)
+    return EpochStats.from_tensor(packed)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def worker_setup(cfg: Config) -> torch.device:
+    """The worker's device; CPU workers use as many torch threads as the CPUs they were given."""
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    return device
+
+
+def _storage(run_dir: str, cfg: Config) -> dict[str, Any]:
+    """RunConfig storage arguments for a local or s3:// run directory (custom S3 endpoints included)."""
+    if not is_s3(run_dir):
+        return {"storage_path": str(Path(run_dir).resolve())}
+    import pyarrow.fs
+
+    kwargs: dict[str, Any] = {"endpoint_override": cfg.s3.endpoint_url} if cfg.s3.endpoint_url else {}
+    if cfg.s3.endpoint_url and cfg.s3.endpoint_url.startswith("http://"):
+        kwargs["scheme"] = "http"
+    if cfg.s3.region:
+        kwargs["region"] = cfg.s3.region
+    return {"storage_path": run_dir[len("s3://"):], "storage_filesystem": pyarrow.fs.S3FileSystem(**kwargs)}
+
+
+def make_trainer(loop: Callable[[dict], None], loop_config: dict, cfg: Config, datasets: dict, name: str,
+                 storage: str) -> TorchTrainer:
+    """A TorchTrainer of cfg.train's workers (gloo on CPUs, NCCL on GPUs) keeping Ray's checkpoints in `storage`."""
+    t = cfg.train
+    resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
+    return TorchTrainer(
+        loop, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=name, failure_config=FailureConfig(max_failures=t.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1), **_storage(storage, cfg)),
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        datasets=datasets, dataset_config=ExactEvalSplit())

@@ -1,0 +1,55 @@
+"""The README's command sequence runs as written (prepare, train with dev.yaml, resume, evaluate without
+--config, segment, the model smoke run), on a 1024^2 city instead of 4096^2, so the README cannot drift
+from the code. Each command is a subprocess with a local Ray of its own, in a scratch working directory."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import rasterio
+
+from tests import fault_inputs as fi
+from tests.conftest import REPO
+
+
+def readme_commands() -> list[list[str]]:
+    """The commands of the first bash block of the README's "Commands" section, continuation lines joined."""
+    section = (REPO / "README.md").read_text().split("\n## Commands\n", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.DOTALL).group(1)
+    joined = re.sub(r"\\\n\s*", " ", block)
+    return [shlex.split(line, comments=True) for line in joined.splitlines() if line.strip() and
+            not line.lstrip().startswith("#")]
+
+
+def runnable(command: list[str]) -> list[str]:
+    """As a user in the checkout would run it, from another directory: the venv's Python, the repo's
+    jobs and configs, and a 1024-pixel city."""
+    out = [sys.executable if word == ".venv/bin/python" else word for word in command]
+    out = [str(REPO / word) if word.startswith(("jobs/", "configs/")) else word for word in out]
+    return [{"4096": "1024"}.get(word, word) for word in out]
+
+
+def test_the_readme_sequence_runs_as_written(tmp_path):
+    commands = readme_commands()
+    scripts = [next((w for w in c if w.endswith(".py") or w.startswith("segcore.")), c[1]) for c in commands]
+    assert scripts == ["segcore.synth", "jobs/prepare.py", "jobs/train.py", "jobs/train.py", "jobs/evaluate.py",
+                       "jobs/segment.py", "segcore.model"], scripts
+    outputs = []
+    for number, command in enumerate(commands):
+        result = fi.run_job_command(runnable(command), cwd=tmp_path, env=fi.job_env(fi.short_tmp(f"rd{number}")),
+                                    timeout=600)
+        assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-3000:])
+        outputs.append(result.stdout)
+    with open(tmp_path / "runs" / "dev" / "metrics.csv") as handle:  # trained 10 epochs, resumed to 12
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == list(range(1, 13))
+    evaluation = json.loads(outputs[4][outputs[4].index("{"):])
+    assert evaluation["split"] == "test" and evaluation["patch_size"] == 256 and 0 < evaluation["iou"] <= 1
+    (summary,) = [json.loads(path.read_text()) for path in Path(tmp_path / "out").glob("summary.json")]
+    assert summary["ok"] == 1 and "iou" in summary["inputs"][0]["metrics"]
+    with rasterio.open(tmp_path / "out" / "image" / "mask.tif") as mask:
+        assert (mask.width, mask.height) == (1024, 1024)
+    assert "parameters: 59,495,745" in outputs[6]
