@@ -3,13 +3,16 @@
 Works on simplified polygons in a metric frame (so right angles are right on the ground), one ring at a time:
 
 1. Dominant orientation: the length-weighted mean of the edge directions modulo 90 degrees (a circular mean
-   of four times the angle), so that walls and the walls perpendicular to them vote together.
+   of four times the angle), so that walls and the walls perpendicular to them vote together. The edges are
+   read off the outline simplified by `smoothing` (caller's choice, about 1.5 px): a diagonal wall's pixel
+   staircase strays up to 0.7 px either side of it, so a finer outline zigzags along pixel directions and
+   biases the mean (a rectangle at 38 degrees read as 41.8 at 1 px).
 2. In a frame turned to that orientation, each edge within `angle_deg` of horizontal or vertical is snapped
    to it; the others are oblique.
 3. Runs of consecutive edges with the same snapped direction become one line, at their length-weighted mean
-   offset (near-collinear edges merge). The shortest line under `min_edge` is dropped and its neighbours are
-   extended to meet, again and again: a step smaller than `min_edge` between two parallel walls disappears
-   and the walls merge into one.
+   offset (near-collinear edges merge). The shortest edge under `min_edge` (between where its line meets
+   its neighbours) is dropped and its neighbours are extended to meet, again and again: a step smaller than
+   `min_edge` between two parallel walls disappears and the walls merge into one.
 4. Right angles: an oblique line between two perpendicular walls is a cut corner (masks round corners off)
    and goes; one between two parallel walls is a step and becomes perpendicular to them. Then step 3 again.
    Oblique lines next to other oblique lines stay.
@@ -83,14 +86,26 @@ def _lines(ring: np.ndarray, tolerance: float) -> list[_Line] | None:
     return lines
 
 
-def _drop_short(lines: list[_Line], min_edge: float) -> None:
-    """Drop the shortest line under min_edge until none is left; parallel neighbours that meet merge."""
+def _vertices(lines: list[_Line]) -> list[tuple[float, float]] | None:
+    """Vertex i, where line i - 1 meets line i; None if two consecutive lines are parallel."""
+    vertices = [_meet(lines[i - 1], lines[i]) for i in range(len(lines))]
+    return None if any(v is None for v in vertices) else vertices  # type: ignore[return-value]
+
+
+def _drop_short(lines: list[_Line], min_edge: float) -> bool:
+    """Drop the shortest edge under min_edge until none is left (parallel neighbours that meet merge);
+    False when two consecutive lines no longer meet."""
     while len(lines) > 3:
-        shortest = min(range(len(lines)), key=lambda i: lines[i].length)
-        if lines[shortest].length >= min_edge:
-            return
+        vertices = _vertices(lines)
+        if vertices is None:
+            return False
+        lengths = [math.dist(vertices[i], vertices[(i + 1) % len(lines)]) for i in range(len(lines))]
+        shortest = int(np.argmin(lengths))
+        if lengths[shortest] >= min_edge:
+            break
         del lines[shortest]
         _merge_at(lines, shortest)
+    return True
 
 
 def _merge_at(lines: list[_Line], index: int) -> None:
@@ -152,28 +167,23 @@ def _regularize_ring(ring: np.ndarray, tolerance: float, min_edge: float) -> np.
     lines = _lines(ring, tolerance)
     if lines is None:
         return None
-    _drop_short(lines, min_edge)
-    while _square_oblique(lines):
-        _drop_short(lines, min_edge)
-    if len(lines) < 3:
+    if not _drop_short(lines, min_edge):
         return None
-    vertices = []
-    for i in range(len(lines)):
-        vertex = _meet(lines[i - 1], lines[i])
-        if vertex is None:
+    while _square_oblique(lines):
+        if not _drop_short(lines, min_edge):
             return None
-        vertices.append(vertex)
-    return np.array([*vertices, vertices[0]])
+    vertices = _vertices(lines) if len(lines) >= 3 else None
+    return None if vertices is None else np.array([*vertices, vertices[0]])
 
 
-def regularize_polygon(polygon: Polygon, angle_deg: float, min_edge: float, max_change: float
-                       ) -> Polygon | None:
+def regularize_polygon(polygon: Polygon, angle_deg: float, min_edge: float, max_change: float,
+                       smoothing: float) -> Polygon | None:
     """The regularized polygon, or None where its simplified outline should be kept (see the module doc)."""
     if polygon.is_empty or polygon.area <= 0:
         return None
     centre = np.array(polygon.exterior.coords[0])
     exterior = np.asarray(polygon.exterior.coords) - centre
-    theta = dominant_angle(exterior)
+    theta = dominant_angle(np.asarray(shapely.simplify(polygon.exterior, smoothing).coords))
     turn = np.array([[math.cos(theta), math.sin(theta)], [-math.sin(theta), math.cos(theta)]])  # by -theta
     rings: list[np.ndarray] = []
     for ring in [exterior, *(np.asarray(r.coords) - centre for r in polygon.interiors)]:
@@ -191,14 +201,14 @@ def regularize_polygon(polygon: Polygon, angle_deg: float, min_edge: float, max_
     return result
 
 
-def regularize_polygons(polygons: np.ndarray, angle_deg: float, min_edge: float, max_change: float
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def regularize_polygons(polygons: np.ndarray, angle_deg: float, min_edge: float, max_change: float,
+                        smoothing: float) -> tuple[np.ndarray, np.ndarray]:
     """(polygons with regularized ones in place, bool mask of those regularized); the rest are kept."""
     out = polygons.copy()
     done = np.zeros(len(polygons), bool)
     for i, polygon in enumerate(polygons):
         if isinstance(polygon, Polygon):
-            regular = regularize_polygon(polygon, angle_deg, min_edge, max_change)
+            regular = regularize_polygon(polygon, angle_deg, min_edge, max_change, smoothing)
             if regular is not None:
                 out[i], done[i] = regular, True
     return out, done

@@ -27,6 +27,9 @@ from segcore.vectors.polygonize import Buildings
 from segcore.vectors.regularize import regularize_polygons
 
 WGS84 = CRS.from_epsg(4326)
+# Outline simplification (px) from which regularization reads a building's orientation: chords this long
+# follow a wall's pixel staircase (which strays up to 0.7 px either side) rather than its steps.
+ORIENTATION_SMOOTHING_PX = 1.5
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ def clean_buildings(buildings: Buildings, frame: GroundFrame, cfg: PolygonConfig
         metric = shapely.simplify(metric, cfg.simplify_px * frame.gsd, preserve_topology=True)
     if cfg.regularize:
         metric, _ = regularize_polygons(metric, cfg.regularize_angle_deg, cfg.regularize_min_edge_m,
-                                        cfg.regularize_max_change)
+                                        cfg.regularize_max_change, ORIENTATION_SMOOTHING_PX * frame.gsd)
     metric = make_valid_polygons(metric)
     keep = ~shapely.is_empty(metric)
     cleaned = buildings.take(keep)
