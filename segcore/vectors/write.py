@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -152,7 +153,8 @@ class VectorWriter:
     def _write_ogr(self) -> None:
         geometry_type = self._types.pop() if len(self._types) == 1 else "Unknown"
         options = {"RFC7946": "YES"} if self.format == "geojson" and self.crs == CRS.from_epsg(4326) else None
-        with pa.memory_map(self._spool) as source:
+        with pa.memory_map(self._spool) as source, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "'crs' was not provided")  # pixel coordinates: the caller warns
             write_arrow(pa.ipc.open_stream(source), self._temp, layer=LAYER, driver=OGR_DRIVERS[self.format],
                         geometry_name="geometry", geometry_type=geometry_type,
                         crs=self.crs.to_wkt() if self.crs else None, layer_options=options)
