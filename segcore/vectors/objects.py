@@ -256,6 +256,11 @@ class ObjectEvaluator:
                                  geometry_array([t.geometry for t in truths]), self.threshold)
         self.counts += ObjectCounts.from_matches(len(truths), len(predictions), [iou for _, _, iou in matches])
 
+    @property
+    def held(self) -> int:
+        """Buildings held, not scored yet (the true polygons of a vector label file included)."""
+        return len(self._items)
+
     def finish(self) -> ObjectCounts:
         """Score what is left (every block must have been added) and return the mosaic's counts."""
         if len(self._added) != int((self._grid >= 0).sum()):
