@@ -11,11 +11,22 @@ fragments, whatever the mosaic's size.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import shapely
 from shapely.geometry import Polygon
 
 from segcore.vectors.polygonize import BlockVectors, Buildings, SeamKey, geometry_array
+
+
+@dataclass
+class _Fragment:
+    geometry: Polygon
+    id: int
+    pixels: int
+    probability_sum: int
+    block: int
 
 
 class FragmentMerger:
@@ -25,7 +36,7 @@ class FragmentMerger:
         self._parent: dict[int, int] = {}
         self._members: dict[int, list[int]] = {}  # root -> fragments of its group
         self._open: dict[int, int] = {}  # root -> (fragment, seam) contacts of its group not yet resolved
-        self._fragments: dict[int, tuple[Polygon, int, int, int, int]] = {}  # geometry, id, pixels, prob., block
+        self._fragments: dict[int, _Fragment] = {}
         self._waiting: dict[SeamKey, np.ndarray] = {}  # seam -> fragment numbers along the side that arrived
         self._next = 0
         self._with_probability: bool | None = None
@@ -66,9 +77,9 @@ class FragmentMerger:
             self._parent[number] = number
             self._members[number] = [number]
             self._open[number] = int(contacts[k])
-            self._fragments[number] = (fragments.geometry[k], int(fragments.id[k]), int(fragments.pixels[k]),
-                                       int(probability[k]) if probability is not None else 0,
-                                       int(fragments.block[k]))
+            self._fragments[number] = _Fragment(fragments.geometry[k], int(fragments.id[k]), int(fragments.pixels[k]),
+                                                int(probability[k]) if probability is not None else 0,
+                                                int(fragments.block[k]))
         touched: list[int] = numbers.tolist()
         for side, key in vectors.seams().items():
             edge = vectors.edges[side]
@@ -98,16 +109,16 @@ class FragmentMerger:
             for number in numbers:
                 del self._parent[number]
             del self._open[root]
-            union = shapely.union_all([m[0] for m in members])
+            union = shapely.union_all([m.geometry for m in members])
             if not isinstance(union, Polygon):  # fragments join only along shared pixel edges
                 raise RuntimeError(f"fragments joined into a {union.geom_type}")
-            first = min(range(len(members)), key=lambda i: members[i][1])
+            first = min(members, key=lambda m: m.id)
             # Seam vertices in the middle of straight edges go; vertex order as polygonize_block's.
             geometry.append(shapely.normalize(shapely.simplify(union, 0)))
-            ids.append(members[first][1])
-            pixels.append(sum(m[2] for m in members))
-            probability.append(sum(m[3] for m in members))
-            blocks.append(members[first][4])
+            ids.append(first.id)
+            pixels.append(sum(m.pixels for m in members))
+            probability.append(sum(m.probability_sum for m in members))
+            blocks.append(first.block)
         return Buildings(geometry_array(geometry), np.array(ids, np.int64),
                          np.array(pixels, np.int64), np.array(probability, np.int64) if self._with_probability
                          else None, np.array(blocks, np.int64))
@@ -116,7 +127,7 @@ class FragmentMerger:
         """(n, 4) xmin, ymin, xmax, ymax (pixels) of the fragments of buildings not finished yet."""
         if not self._fragments:
             return np.zeros((0, 4))
-        return shapely.bounds(geometry_array([f[0] for f in self._fragments.values()]))
+        return shapely.bounds(geometry_array([f.geometry for f in self._fragments.values()]))
 
     def finish(self) -> None:
         """Check that nothing is left: every seam met its neighbour, every building was handed out."""
