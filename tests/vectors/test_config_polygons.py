@@ -38,6 +38,6 @@ def test_bad_values_fail_in_one_line(override, words):
 
 
 def test_regularization_needs_a_simplified_outline():
-    with pytest.raises(ConfigError, match="polygons.simplify_px.*when regularize is true"):
+    with pytest.raises(ConfigError, match=r"polygons\.simplify_px.*when regularize is true"):
         load_config(None, ["polygons.regularize=true", "polygons.simplify_px=0"])
     assert load_config(None, ["polygons.simplify_px=0"]).polygons.simplify_px == 0

@@ -1,15 +1,19 @@
 """Polygonizing blocks and merging their seams gives exactly the buildings of the whole mask."""
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
 import pytest
 import shapely
 
+from segcore.config import PolygonConfig
 from segcore.raster.grid import Block, plan_blocks
+from segcore.raster.io import inspect_raster
 from segcore.vectors.merge import FragmentMerger
 from segcore.vectors.polygonize import BlockVectors, polygonize_block
+from segcore.vectors.shapes import GroundFrame, clean_buildings
 from tests.vectors.conftest import canonical, degrade, read_mask, run_blocks
 
 
@@ -82,7 +86,7 @@ def test_probability_sums_give_the_mean_confidence():
     probability = np.zeros((6, 6), np.uint8)
     probability[1:5, 2] = [255, 255, 0, 102]
     buildings = run_blocks(mask, probability, 3)
-    assert buildings.probability_sum.tolist() == [612]
+    assert buildings.probability_sum is not None and buildings.probability_sum.tolist() == [612]
     assert buildings.confidence.tolist() == pytest.approx([612 / (4 * 255)])
     assert np.isnan(run_blocks(mask, None, 3).confidence).all()
 
@@ -145,3 +149,30 @@ def test_blocks_of_different_grids_are_refused():
 def test_wrong_shapes_are_refused():
     with pytest.raises(ValueError, match="block 0"):
         polygonize_block(np.ones((3, 4), np.uint8), None, Block(0, 0, 0, 4, 4, 0, 0, 0, 0), 4, 4)
+
+
+def test_row_major_merging_holds_about_one_row_of_blocks_fragments(city):
+    mask = read_mask(city.labels)
+    height, width = mask.shape
+    merger, pending, total = FragmentMerger(), [], 0
+    for block in plan_blocks(width, height, 128, 0):  # 8 rows of 10 blocks
+        core = mask[block.row:block.row + block.height, block.col:block.col + block.width]
+        vectors = polygonize_block(core, None, block, width, height)
+        total += len(vectors.fragments)
+        merger.add(vectors)
+        pending.append(len(merger.pending_bounds()))
+    merger.finish()
+    assert len(merger.pending_bounds()) == 0
+    assert max(pending) < total / 3, (max(pending), total)
+
+
+def test_clean_outlines_do_not_depend_on_the_block_size(city):
+    mask, probability = degrade(read_mask(city.labels))
+    frame = GroundFrame.of(inspect_raster(str(city.labels)))
+    cfg = dataclasses.replace(PolygonConfig(), regularize=True)
+    outlines = []
+    for block_size in (160, 2048):
+        clean = clean_buildings(run_blocks(mask, probability, block_size), frame, cfg)
+        order = np.argsort(clean.id)
+        outlines.append((clean.id[order].tolist(), shapely.to_wkb(clean.geometry[order]).tolist()))
+    assert outlines[0] == outlines[1]

@@ -67,6 +67,7 @@ def test_shapes_that_regularization_would_change_too_much_keep_their_outline():
     cut = shapely.Polygon([(0, 0), (30, 0), (30, 8), (18, 20), (0, 20)])
     assert regularize_polygon(cut, 15.0, 2.0, 0.10, 1.0) is None
     squared = regularize_polygon(cut, 15.0, 2.0, 0.15, 1.0)
+    assert squared is not None
     assert squared.symmetric_difference(shapely.box(0, 0, 30, 20)).area < 1e-9 and _vertices(np.array([squared])) == 4
     assert regularize_polygon(shapely.box(0, 0, 1.5, 1.5), 15.0, 2.0, 1.0, 1.0) is None  # every edge too short
 

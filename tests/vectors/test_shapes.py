@@ -30,20 +30,26 @@ def _same(a: shapely.Geometry, b: shapely.Geometry) -> bool:
     return shapely.normalize(a).equals_exact(shapely.normalize(b), tolerance=1e-6)
 
 
+def _size(transform: Affine, crs: str, width: int, height: int) -> tuple[float, float]:
+    size = pixel_size_m(transform, crs, width, height)
+    assert size is not None
+    return size
+
+
 def test_pixel_size_on_the_ground_for_projected_geographic_and_web_mercator_crs():
     # UTM: map metres are ground metres divided by the point scale factor (0.9996 on the central meridian).
-    x, y = pixel_size_m(Affine(0.5, 0, 500000 - 50, 0, -0.5, 5300000), "EPSG:32633", 200, 200)
+    x, y = _size(Affine(0.5, 0, 500000 - 50, 0, -0.5, 5300000), "EPSG:32633", 200, 200)
     assert x == pytest.approx(0.5 / 0.9996, rel=1e-6) and y == pytest.approx(0.5 / 0.9996, rel=1e-6)
     # Geographic: 1e-5 degree pixels at 60 N, against the geodesic distances on WGS 84.
     transform = Affine(1e-5, 0, 10.0, 0, -1e-5, 60.0)
-    x, y = pixel_size_m(transform, "EPSG:4326", 1000, 1000)
+    x, y = _size(transform, "EPSG:4326", 1000, 1000)
     lon, lat = transform * (500, 500)
     geod = pyproj.Geod(ellps="WGS84")
     assert x == pytest.approx(geod.inv(lon, lat, lon + 1e-5, lat)[2], rel=1e-6)
     assert y == pytest.approx(geod.inv(lon, lat, lon, lat - 1e-5)[2], rel=1e-6)
     assert x == pytest.approx(y / 2, rel=0.01)  # a degree of longitude is half as long at 60 N
     # Web Mercator: 1 m map pixels are cos(latitude) m on the ground (here about 45 N).
-    x, y = pixel_size_m(Affine(1.0, 0, 0, 0, -1.0, 5621521.0), "EPSG:3857", 10, 10)
+    x, y = _size(Affine(1.0, 0, 0, 0, -1.0, 5621521.0), "EPSG:3857", 10, 10)
     assert x == pytest.approx(np.cos(np.radians(45.0)), rel=0.01) and y == pytest.approx(x, rel=0.01)
     assert pixel_size_m(Affine.identity(), None, 10, 10) is None
 

@@ -57,7 +57,9 @@ def test_geoparquet_is_read_by_geopandas_duckdb_and_pyarrow(tmp_path, monkeypatc
     assert frame["confidence"].isna().tolist() == [False] * 3 + [True] * 5 + [False] * 2  # unknown is null
     assert all(a.equals(b) for a, b in zip(frame.geometry, _all(batches), strict=True))
 
-    rows = duckdb.sql(f"select id, geometry::BLOB, bbox.xmin from read_parquet('{path}') order by id").fetchall()
+    relation = duckdb.sql(f"select id, geometry::BLOB, bbox.xmin from read_parquet('{path}') order by id")
+    assert relation is not None
+    rows = relation.fetchall()
     assert [r[0] for r in rows] == frame["id"].tolist()
     assert all(shapely.from_wkb(r[1]).equals(g) for r, g in zip(rows, _all(batches), strict=True))
     assert [r[2] for r in rows] == pytest.approx(shapely.bounds(_all(batches))[:, 0].tolist())
