@@ -32,6 +32,21 @@ WGS84 = CRS.from_epsg(4326)
 ORIENTATION_SMOOTHING_PX = 1.5
 
 
+def map_affine(geometry: np.ndarray, affine: Affine) -> np.ndarray:
+    """Geometries with every vertex mapped by an affine transform (vectorized; shapely.affinity is not)."""
+    a, b, c, d, e, f = tuple(affine)[:6]
+    return shapely.transform(geometry, lambda xy: np.column_stack(
+        [a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f]))
+
+
+def reproject(geometry: np.ndarray, source: CRS, target: CRS) -> np.ndarray:
+    """Geometries from one CRS to another, vertex by vertex (in the traditional x/y, longitude/latitude order)."""
+    if source == target or not len(geometry):
+        return geometry
+    return shapely.transform(geometry, lambda xy: np.column_stack(
+        transform_points(source, target, xy[:, 0], xy[:, 1])))
+
+
 @dataclass(frozen=True)
 class GroundFrame:
     """A raster's pixel grid on the ground and in its CRS."""
@@ -63,14 +78,9 @@ class GroundFrame:
 
     def to_crs(self, geometry: np.ndarray, crs: str) -> np.ndarray:
         """Pixel-space geometries in the raster's CRS, or longitude/latitude for "EPSG:4326"."""
-        a, b, c, d, e, f = tuple(self.transform)[:6]
-        mapped = shapely.transform(geometry, lambda xy: np.column_stack(
-            [a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f]))
+        mapped = map_affine(geometry, self.transform)
         target = self.output_crs(crs)
-        if target is None or target == self.crs or not len(mapped):
-            return mapped
-        return shapely.transform(mapped, lambda xy: np.column_stack(
-            transform_points(self.crs, target, xy[:, 0], xy[:, 1])))
+        return mapped if target is None or self.crs is None else reproject(mapped, self.crs, target)
 
 
 @dataclass

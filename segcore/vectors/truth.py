@@ -21,13 +21,12 @@ from pyogrio.errors import DataLayerError, DataSourceError
 from pyogrio.raw import read
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
-from rasterio.warp import transform as transform_points
 
 from segcore import storage
 from segcore.config import S3Config
 from segcore.errors import InputError
 from segcore.raster.io import RasterInfo
-from segcore.vectors.shapes import make_valid_polygons
+from segcore.vectors.shapes import make_valid_polygons, map_affine, reproject
 
 PARQUET_SUFFIXES = (".parquet", ".geoparquet")
 VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".fgb", *PARQUET_SUFFIXES)
@@ -98,14 +97,9 @@ def read_truth_polygons(path: str, image: RasterInfo, s3: S3Config | None = None
     except CRSError as exc:
         raise InputError(f"{path}: unrecognised CRS ({' '.join(str(exc).split())[:160]})") from None
     geometry, repaired, skipped = _polygons(wkb)
-    image_crs = CRS.from_wkt(image.crs or "")
-    if crs is not None and crs != image_crs and len(geometry):
-        geometry = shapely.transform(geometry, lambda xy: np.column_stack(
-            transform_points(crs, image_crs, xy[:, 0], xy[:, 1])))
-    inverse = ~Affine(*image.transform[:6])
-    pixels = shapely.transform(geometry, lambda xy: np.column_stack(
-        [inverse.a * xy[:, 0] + inverse.b * xy[:, 1] + inverse.c,
-         inverse.d * xy[:, 0] + inverse.e * xy[:, 1] + inverse.f]))
+    if crs is not None:
+        geometry = reproject(geometry, crs, CRS.from_wkt(image.crs or ""))
+    pixels = map_affine(geometry, ~Affine(*image.transform[:6]))
     clipped = make_valid_polygons(shapely.clip_by_rect(pixels, 0, 0, image.width, image.height))
     inside = shapely.area(clipped) > 0
     if len(geometry) and not inside.any():

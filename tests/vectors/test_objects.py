@@ -17,7 +17,7 @@ from segcore.raster.io import RasterInfo, inspect_raster
 from segcore.vectors.merge import FragmentMerger
 from segcore.vectors.objects import IOU_BINS, ObjectCounts, ObjectEvaluator, spacenet_match
 from segcore.vectors.polygonize import Buildings, geometry_array, polygonize_block
-from segcore.vectors.shapes import GroundFrame, clean_buildings, reach_px
+from segcore.vectors.shapes import GroundFrame, clean_buildings, map_affine, reach_px
 from segcore.vectors.truth import TruthPolygons, read_truth_polygons
 from tests.conftest import TEST_TRANSFORM, UTM_33N, write_geotiff
 from tests.vectors.conftest import degrade, read_mask
@@ -146,8 +146,7 @@ def _image(tmp_path, size=64) -> RasterInfo:
 
 def _pixel_box(col0, row0, col1, row1):
     """A box given in pixels, in the test image's CRS (tests/conftest.py: TEST_TRANSFORM)."""
-    return shapely.transform(shapely.box(col0, row0, col1, row1), lambda xy: np.column_stack(
-        [TEST_TRANSFORM.c + TEST_TRANSFORM.a * xy[:, 0], TEST_TRANSFORM.f + TEST_TRANSFORM.e * xy[:, 1]]))
+    return map_affine(geometry_array([shapely.box(col0, row0, col1, row1)]), TEST_TRANSFORM)[0]
 
 
 @pytest.mark.parametrize("suffix", [".geojson", ".gpkg", ".parquet", ".fgb"])

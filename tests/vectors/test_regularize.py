@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 
 import numpy as np
@@ -15,6 +14,7 @@ from segcore.config import PolygonConfig
 from segcore.raster.io import inspect_raster
 from segcore.vectors.regularize import dominant_angle, regularize_polygon
 from segcore.vectors.shapes import GroundFrame, clean_buildings
+from segcore.vectors.truth import read_truth_polygons
 from tests.vectors.conftest import degrade, read_mask, run_blocks
 
 SIMPLIFIED = PolygonConfig(min_area_m2=0, fill_holes_m2=0, simplify_px=1.0)
@@ -78,11 +78,7 @@ def test_on_the_degraded_sample_city_regularized_outlines_are_simpler_and_fit_as
     info = inspect_raster(str(city.labels))
     frame = GroundFrame.of(info)
     raw = run_blocks(mask, probability, 512)
-    features = json.loads(city.buildings.read_text())["features"]
-    inverse = ~Affine(*info.transform)
-    truths = shapely.transform(np.array([shapely.geometry.shape(f["geometry"]) for f in features]),
-                               lambda xy: np.column_stack([inverse.a * xy[:, 0] + inverse.c,
-                                                           inverse.e * xy[:, 1] + inverse.f]))
+    truths = read_truth_polygons(str(city.buildings), info).geometry
 
     def fit(polygons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Best IoU against any true footprint, and exterior vertices, of each polygon."""
