@@ -194,6 +194,44 @@ class SegmentConfig:
 
 
 @dataclass
+class PolygonConfig:
+    """Building footprints from the mask: shape cleaning, regularization, output file, object matching.
+
+    Lengths and areas are on the ground (metres, from the raster's CRS); a raster without a CRS has none,
+    and then they are in pixels (1 px = 1 m).
+    """
+
+    format: Literal["geoparquet", "gpkg", "fgb", "geojson"] = "geoparquet"
+    crs: Literal["image", "EPSG:4326"] = "image"  # output coordinates: the raster's CRS, or longitude/latitude
+    min_area_m2: float = 4.0  # smaller buildings are dropped (after hole filling)
+    fill_holes_m2: float = 4.0  # holes smaller than this are filled
+    simplify_px: float = 1.0  # Douglas-Peucker tolerance, in pixels; 0 keeps the pixel outline
+    regularize: bool = False  # right-angled outlines along each building's dominant orientation
+    regularize_angle_deg: float = 15.0  # edges this close to the dominant axes are snapped to them
+    regularize_min_edge_m: float = 2.0  # shorter edges are dropped (their neighbours extended)
+    # The share of a polygon's area its regularized outline may differ by (area of the symmetric
+    # difference / area); beyond it the simplified outline is kept.
+    regularize_max_change: float = 0.25
+    match_iou: float = 0.5  # object metrics: a prediction matches a true building at IoU >= this (SpaceNet)
+
+    def validate(self, at: str) -> None:
+        for name in ("min_area_m2", "fill_holes_m2", "simplify_px"):
+            value = getattr(self, name)
+            _check(f"{at}.{name}", value, value >= 0, "a number >= 0")
+        _check(f"{at}.regularize_angle_deg", self.regularize_angle_deg, 0 < self.regularize_angle_deg < 45,
+               "degrees in (0, 45)")
+        _check(f"{at}.regularize_min_edge_m", self.regularize_min_edge_m, self.regularize_min_edge_m >= 0,
+               "a number >= 0")
+        _check(f"{at}.regularize_max_change", self.regularize_max_change, 0 < self.regularize_max_change <= 1,
+               "a fraction in (0, 1]")
+        _check(f"{at}.match_iou", self.match_iou, 0 < self.match_iou <= 1, "an IoU in (0, 1]")
+        if self.regularize:
+            # Regularization reads edge directions off the simplified outline; a pixel outline has only
+            # horizontal and vertical edges, whatever the building's orientation.
+            _check(f"{at}.simplify_px", self.simplify_px, self.simplify_px > 0, "a number > 0 when regularize is true")
+
+
+@dataclass
 class S3Config:
     """Where s3:// paths go. Credentials come from the standard AWS environment/profile, never from here."""
 
@@ -208,6 +246,7 @@ class Config:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    polygons: PolygonConfig = field(default_factory=PolygonConfig)
     s3: S3Config = field(default_factory=S3Config)
 
     def to_dict(self) -> dict:
