@@ -17,12 +17,14 @@ import shutil
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import cv2
 import numpy as np
 import yaml
-from tensorboardX import SummaryWriter
+
+if TYPE_CHECKING:
+    from tensorboardX import SummaryWriter
 
 from segcore.config import ConfigError, S3Config
 from segcore.errors import InputError
@@ -85,6 +87,8 @@ class _TensorBoard:
         self._writer().add_text("config", _markdown_code(yaml.safe_dump(params, sort_keys=False)), self.next_step)
 
     def _writer(self) -> SummaryWriter:
+        from tensorboardX import SummaryWriter  # imported here: it imports torch when torch is installed
+
         if self.writer is None:
             # Event files are named by the second they start in, and one of the same name is overwritten: the
             # suffix keeps files of one second apart (a resume, a file per epoch on S3), in order.
