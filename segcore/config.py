@@ -317,6 +317,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         _check(key, value, isinstance(value, (int, float)) and not isinstance(value, bool), "a number")
         value = float(value)
     elif hint is str:
+        if isinstance(value, datetime.date):  # YAML reads a bare date or time stamp as one (stac.datetime)
+            value = value.isoformat()
         _check(key, value, isinstance(value, str), "a string")
     return value
 
@@ -341,7 +343,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {item!r} is not of the form section.key=value")
     try:
         value = yaml.safe_load(raw)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: what looks like a date but is none, e.g. 2023-13-01
         value = raw
     return key.strip().split("."), value
 
@@ -355,7 +357,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"config file {path} does not exist")
         try:
             data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, ValueError) as exc:
             line = getattr(getattr(exc, "problem_mark", None), "line", None)
             where = f" (line {line + 1})" if line is not None else ""
             raise ConfigError(f"config file {path} is not valid YAML{where}") from None
