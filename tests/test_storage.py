@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from segcore.config import HTTPConfig, S3Config
 from segcore.errors import InputError
+from segcore.raster.io import open_raster
 from segcore.storage import join, list_rasters, read_bytes
+from tests.conftest import write_geotiff
 
 QUICK = HTTPConfig(timeout_s=0.5, max_retries=0, retry_delay_s=0.05)
 
@@ -65,7 +68,7 @@ def no_aws_credentials(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
-def test_anonymous_s3_reads_a_public_bucket_without_credentials(s3_bucket, no_aws_credentials):
+def test_anonymous_s3_reads_a_public_bucket_without_credentials(s3_bucket, no_aws_credentials, tmp_path):
     import boto3
 
     endpoint, private = s3_bucket
@@ -76,12 +79,15 @@ def test_anonymous_s3_reads_a_public_bucket_without_credentials(s3_bucket, no_aw
         {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{public}/*"}]}))
     # moto checks an unsigned HEAD against the made-up action s3:HeadObject, not s3:GetObject as AWS does; a
     # public-read object ACL lets the HEAD through (s3fs sends one before a GET).
-    client.put_object(Bucket=public, Key="city/scene.tif", Body=b"pixels", ACL="public-read")
-    client.put_object(Bucket=private, Key="city/scene.tif", Body=b"secret pixels")
+    pixels = write_geotiff(tmp_path / "scene.tif", np.full((3, 20, 30), 7, np.uint8)).read_bytes()
+    client.put_object(Bucket=public, Key="city/scene.tif", Body=pixels, ACL="public-read")
+    client.put_object(Bucket=private, Key="city/scene.tif", Body=pixels)
     anonymous = S3Config(endpoint_url=endpoint, anonymous=True)
 
-    assert read_bytes(f"s3://{public}/city/scene.tif", anonymous) == b"pixels"
+    assert read_bytes(f"s3://{public}/city/scene.tif", anonymous) == pixels
     assert list_rasters([f"s3://{public}/city/"], anonymous) == [f"s3://{public}/city/scene.tif"]
+    with open_raster(f"s3://{public}/city/scene.tif", anonymous) as dataset:
+        assert (dataset.read() == 7).all()
     with pytest.raises(InputError, match=rf"^s3://{private}/city/scene.tif: access denied \(Forbidden\)$"):
         read_bytes(f"s3://{private}/city/scene.tif", anonymous)
     with pytest.raises(InputError, match=rf"^s3://{public}/city/scene.tif: no AWS credentials found \(for a public "
