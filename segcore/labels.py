@@ -27,7 +27,7 @@ from rasterio.windows import transform as window_transform
 from segcore.config import S3Config
 from segcore.errors import InputError
 from segcore.raster.io import RasterInfo, check_readable, open_raster, raster_info
-from segcore.storage import RASTER_SUFFIXES, describe_error, filesystem, is_s3
+from segcore.storage import RASTER_SUFFIXES, filesystem, is_s3, read_bytes
 
 POLYGON_SUFFIXES = (".geojson", ".json")
 LABEL_SUFFIXES = RASTER_SUFFIXES + POLYGON_SUFFIXES
@@ -123,9 +123,7 @@ class MaskRaster:
 def _load_geojson(path: str, s3: S3Config | None) -> tuple[list[dict], CRS | None]:
     """Polygon geometries of a GeoJSON file and the CRS its "crs" member names (None without one)."""
     try:
-        data = json.loads(filesystem(path, s3).cat_file(path))
-    except (FileNotFoundError, PermissionError, OSError) as exc:
-        raise InputError(describe_error(path, exc)) from None
+        data = json.loads(read_bytes(path, s3))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: not valid GeoJSON ({exc})") from None
     kind = data.get("type") if isinstance(data, dict) else None

@@ -142,7 +142,8 @@ def list_rasters(specs: list[str] | tuple[str, ...], s3: S3Config | None = None)
         spec = str(spec)
         if is_http(spec):  # one URL, one file: HTTP has no directories to list (GDAL checks it on open)
             if PurePosixPath(urlsplit(spec).path).suffix.lower() not in RASTER_SUFFIXES:
-                raise InputError(f"{spec}: an http(s) input must name one raster file ({', '.join(RASTER_SUFFIXES)})")
+                raise InputError(f"{display_url(spec)}: an http(s) input must name one raster file "
+                                 f"({', '.join(RASTER_SUFFIXES)})")
             found.append(spec)
             continue
         fs = filesystem(spec, s3)

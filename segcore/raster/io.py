@@ -60,10 +60,12 @@ def gdal_http_options(http: HTTPConfig) -> dict[str, Any]:
 
 
 def _reason(exc: BaseException) -> str:
-    """GDAL's own words for a failure: the innermost message of rasterio's chain of errors, on one line."""
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return " ".join(str(exc).split())
+    """GDAL's words for a failure, on one line: the first message along rasterio's chain of errors that says
+    more than "see previous exception" (a failed read names its cause, e.g. a VRT source, only further in)."""
+    chain: BaseException | None = exc
+    while chain is not None and "See previous exception" in str(chain):
+        chain = chain.__cause__ or chain.__context__
+    return " ".join(str(chain if chain is not None else exc).split())
 
 
 def _http_problem(url: str, reason: str, http: HTTPConfig) -> str:
@@ -127,8 +129,8 @@ def write_ground_control(dataset, info: RasterInfo) -> None:
         dataset.rpcs = RPC(**info.rpcs)
 
 
-def inspect_raster(path: str, s3: S3Config | None = None) -> RasterInfo:
-    with open_raster(path, s3) as dataset:
+def inspect_raster(path: str, s3: S3Config | None = None, http: HTTPConfig | None = None) -> RasterInfo:
+    with open_raster(path, s3, http) as dataset:
         return raster_info(dataset, path)
 
 
