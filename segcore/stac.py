@@ -22,7 +22,7 @@ from pystac.utils import make_absolute_href
 
 from segcore.config import HTTPConfig, S3Config, StacConfig, datetime_interval
 from segcore.errors import InputError
-from segcore.storage import RASTER_SUFFIXES, display_url, is_http, is_s3, read_bytes, write_bytes
+from segcore.storage import RASTER_SUFFIXES, absolute, display_url, is_http, read_bytes, write_bytes
 
 # Media types of GeoTIFFs and COGs ("image/tiff; application=geotiff; profile=cloud-optimized" and its kin).
 RASTER_MEDIA_TYPES = ("image/tiff", "image/vnd.stac.geotiff")
@@ -120,7 +120,7 @@ def _raster(item: pystac.Item, spec: str, asset_key: str) -> StacRaster | StacFa
         keys = ", ".join(sorted(item.assets)) or "none"
         return StacFailure(item.id, f"{where} has no asset '{asset_key}' (its assets: {keys}); set stac.asset")
     # Items of an ItemCollection have no location of their own: theirs is the file's.
-    href = make_absolute_href(asset.href, item.get_self_href() or _absolute(spec))
+    href = make_absolute_href(asset.href, item.get_self_href() or absolute(spec))
     suffix = PurePosixPath(urlsplit(href).path if is_http(href) else href).suffix.lower()
     media = (asset.media_type or "").lower()
     if media and not media.startswith(RASTER_MEDIA_TYPES):
@@ -132,10 +132,6 @@ def _raster(item: pystac.Item, spec: str, asset_key: str) -> StacRaster | StacFa
     return StacRaster(item.id, href)
 
 
-def _absolute(spec: str) -> str:
-    return spec if is_s3(spec) or is_http(spec) else os.path.abspath(spec)
-
-
 def resolve_stac(spec: str, stac: StacConfig | None = None, s3: S3Config | None = None,
                  http: HTTPConfig | None = None) -> list[StacRaster | StacFailure]:
     """The rasters (and the Items without one) that the STAC JSON at `spec` stands for, in catalog order.
@@ -144,7 +140,7 @@ def resolve_stac(spec: str, stac: StacConfig | None = None, s3: S3Config | None 
     """
     stac = stac or StacConfig()
     try:
-        items, many = _items(_absolute(spec), StorageStacIO(s3, http))
+        items, many = _items(absolute(spec), StorageStacIO(s3, http))
         found = list(items)  # a catalog's Items are read here, as it is walked
     except InputError:  # a file that cannot be read: its own one line already
         raise

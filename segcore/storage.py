@@ -73,6 +73,11 @@ def filesystem(path: str, s3: S3Config | None = None, http: HTTPConfig | None = 
                              config_kwargs={"retries": {"max_attempts": 5, "mode": "standard"}})
 
 
+def absolute(path: str) -> str:
+    """`path` as Ray workers and relative links need it: a local path made absolute; s3:// and http(s):// as is."""
+    return path if is_s3(path) or is_http(path) else os.path.abspath(path)
+
+
 def join(base: str, *parts: str) -> str:
     if is_s3(base) or is_http(base):
         return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])

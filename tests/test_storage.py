@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from segcore.config import HTTPConfig, S3Config
 from segcore.errors import InputError
 from segcore.raster.io import open_raster
-from segcore.storage import join, list_rasters, read_bytes
+from segcore.storage import absolute, join, list_rasters, read_bytes
 from tests.conftest import write_geotiff
 
 QUICK = HTTPConfig(timeout_s=0.5, max_retries=0, retry_delay_s=0.05)
@@ -21,6 +22,8 @@ def test_urls_are_inputs_as_they_are(tmp_path):
     with pytest.raises(InputError, match=r"^https://example.org/city/: an http\(s\) input must name one raster"):
         list_rasters(["https://example.org/city/"])
     assert join("https://example.org/city/", "/catalog.json") == "https://example.org/city/catalog.json"
+    assert absolute(url) == url and absolute("s3://b/k.tif") == "s3://b/k.tif"
+    assert absolute("city/scene.tif") == os.path.join(os.getcwd(), "city", "scene.tif")
 
 
 @pytest.fixture
