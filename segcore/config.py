@@ -7,6 +7,7 @@ at load time with a `ConfigError` naming the key, the value and what was expecte
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import types
 import typing
 from dataclasses import dataclass, field
@@ -137,6 +138,9 @@ class TrainConfig:
     init_from: str = ""
     init_parts: list[Literal["encoder", "decoder", "head"]] = field(default_factory=lambda: list(MODEL_PARTS))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Where every epoch's metrics and the plots also go: TensorBoard (run_dir/tensorboard) and/or MLflow
+    # (MLFLOW_TRACKING_URI, else a store in run_dir/mlruns; needs `pip install .[mlflow]`).
+    tracking: list[Literal["tensorboard", "mlflow"]] = field(default_factory=lambda: ["tensorboard"])
 
     def validate(self, at: str) -> None:
         for name, low in (("epochs", 1), ("batch_size", 1), ("num_workers", 1),
@@ -156,6 +160,8 @@ class TrainConfig:
         _check(f"{at}.cpus_per_worker", self.cpus_per_worker, self.cpus_per_worker > 0, "a number > 0")
         _check(f"{at}.init_parts", self.init_parts, bool(self.init_parts) and len(set(self.init_parts)) ==
                len(self.init_parts), f"a non-empty list of distinct parts among {', '.join(MODEL_PARTS)}")
+        _check(f"{at}.tracking", self.tracking, len(set(self.tracking)) == len(self.tracking),
+               "each of tensorboard, mlflow at most once")
 
 
 @dataclass
@@ -237,6 +243,74 @@ class S3Config:
 
     endpoint_url: Optional[str] = None  # e.g. a MinIO or test server; None = AWS
     region: Optional[str] = None
+    # Unsigned requests, for public buckets (open imagery): no credentials are looked up or sent.
+    anonymous: bool = False
+
+
+@dataclass
+class HTTPConfig:
+    """How http(s):// inputs are read: GDAL range requests for rasters, plain GETs for STAC JSON."""
+
+    timeout_s: float = 30.0  # per request, from connecting to the last byte (GDAL_HTTP_TIMEOUT)
+    # Retries of a request that failed with 429, 5xx or a network error (GDAL_HTTP_MAX_RETRY).
+    max_retries: int = 3
+    retry_delay_s: float = 1.0  # before the first retry; doubles with each one (GDAL_HTTP_RETRY_DELAY)
+
+    def validate(self, at: str) -> None:
+        _check(f"{at}.timeout_s", self.timeout_s, self.timeout_s > 0, "a number of seconds > 0")
+        _check(f"{at}.max_retries", self.max_retries, self.max_retries >= 0, "an integer >= 0")
+        _check(f"{at}.retry_delay_s", self.retry_delay_s, self.retry_delay_s >= 0, "a number of seconds >= 0")
+
+
+def _instant(text: str, end: bool) -> datetime.datetime | None:
+    """An RFC 3339 date-time or date (UTC unless it says otherwise); '..' or '' is an open end (None).
+
+    A date alone means its whole day: its first instant as a start, its last as an end.
+    """
+    text = text.strip()
+    if text in ("", ".."):
+        return None
+    parsed = datetime.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "Zz" else text)
+    if end and len(text) == 10:
+        parsed += datetime.timedelta(days=1, microseconds=-1)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+
+
+def datetime_interval(text: str) -> tuple[datetime.datetime | None, datetime.datetime | None]:
+    """'START/END' (either end may be '..' or empty) or one instant, as (start, end); None is an open end."""
+    start, sep, end = text.partition("/")
+    return _instant(start, False), _instant(end if sep else start, True)
+
+
+@dataclass
+class StacConfig:
+    """Which raster of each STAC Item an input spec that is STAC JSON (Item, ItemCollection, Catalog) stands for.
+
+    Its own section, not `input`'s: a checkpoint stores `input` as the pixel rules it was trained with, and
+    a segment run that names any `input` key replaces them.
+    """
+
+    asset: str = "visual"  # the asset key of the image in each Item (e.g. "visual", "image")
+    # Items of a catalog or ItemCollection whose bbox intersects [west, south, east, north] (degrees, WGS 84).
+    bbox: list[float] | None = None
+    # Items whose datetime (or start/end range) meets this RFC 3339 instant or interval, e.g.
+    # "2023-01-01/2023-12-31", "2023-06-01T00:00:00Z/..", "2023-06-01".
+    datetime: str | None = None
+
+    def validate(self, at: str) -> None:
+        _check(f"{at}.asset", self.asset, bool(self.asset.strip()), "an asset key, e.g. visual")
+        if self.bbox is not None:
+            ok = len(self.bbox) == 4 and -180 <= self.bbox[0] < self.bbox[2] <= 180 \
+                and -90 <= self.bbox[1] < self.bbox[3] <= 90
+            _check(f"{at}.bbox", self.bbox, ok, "[west, south, east, north] in degrees, west < east, south < north")
+        if self.datetime is not None:
+            try:
+                start, end = datetime_interval(self.datetime)
+                ok = start is None or end is None or start <= end
+            except ValueError:
+                ok = False
+            _check(f"{at}.datetime", self.datetime, ok, "an RFC 3339 date-time, date or START/END interval "
+                   "(an open end is '..'), e.g. 2023-01-01/2023-12-31")
 
 
 @dataclass
@@ -248,6 +322,8 @@ class Config:
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     polygons: PolygonConfig = field(default_factory=PolygonConfig)
     s3: S3Config = field(default_factory=S3Config)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    stac: StacConfig = field(default_factory=StacConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -289,6 +365,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         _check(key, value, isinstance(value, (int, float)) and not isinstance(value, bool), "a number")
         value = float(value)
     elif hint is str:
+        if isinstance(value, datetime.date):  # YAML reads a bare date or time stamp as one (stac.datetime)
+            value = value.isoformat()
         _check(key, value, isinstance(value, str), "a string")
     return value
 
@@ -314,7 +392,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {item!r} is not of the form section.key=value")
     try:
         value = yaml.safe_load(raw)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: what looks like a date but is none, e.g. 2023-13-01
         value = raw
     return key.strip().split("."), value
 
@@ -338,7 +416,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"config file {path} does not exist")
         try:
             data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, ValueError) as exc:
             line = getattr(getattr(exc, "problem_mark", None), "line", None)
             where = f" (line {line + 1})" if line is not None else ""
             raise ConfigError(f"config file {path} is not valid YAML{where}") from None

@@ -4,7 +4,8 @@
   value > 0 is building.
 - Polygons (GeoJSON, `.geojson`/`.json`) are read once, reprojected to the image CRS when their CRS
   differs (the GeoJSON "crs" member, else EPSG:4326 as RFC 7946 says), and burned window by window
-  with `rasterio.features.rasterize`, using only the polygons whose bounds reach the window.
+  with `rasterio.features.rasterize`, using only the polygons whose bounds reach the window. A file
+  without buildings (none at all, or none over the image) is ground truth too: every window is 0.
 Both give uint8 masks in {0, 1} that are 0 outside the image, and both check their input when opened,
 so opening a label source is also its up-front validation.
 """
@@ -15,6 +16,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.errors import CRSError, RasterioIOError
 from rasterio.features import is_valid_geom, rasterize
@@ -25,7 +27,7 @@ from rasterio.windows import transform as window_transform
 from segcore.config import S3Config
 from segcore.errors import InputError
 from segcore.raster.io import RasterInfo, check_readable, open_raster, raster_info
-from segcore.storage import RASTER_SUFFIXES, describe_error, filesystem, is_s3
+from segcore.storage import RASTER_SUFFIXES, filesystem, is_s3, read_bytes
 
 POLYGON_SUFFIXES = (".geojson", ".json")
 LABEL_SUFFIXES = RASTER_SUFFIXES + POLYGON_SUFFIXES
@@ -118,12 +120,10 @@ class MaskRaster:
         self.close()
 
 
-def _load_geojson(path: str, s3: S3Config | None) -> tuple[list[dict], CRS]:
-    """Polygon geometries of a GeoJSON file and their CRS."""
+def _load_geojson(path: str, s3: S3Config | None) -> tuple[list[dict], CRS | None]:
+    """Polygon geometries of a GeoJSON file and the CRS its "crs" member names (None without one)."""
     try:
-        data = json.loads(filesystem(path, s3).cat_file(path))
-    except (FileNotFoundError, PermissionError, OSError) as exc:
-        raise InputError(describe_error(path, exc)) from None
+        data = json.loads(read_bytes(path, s3))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: not valid GeoJSON ({exc})") from None
     kind = data.get("type") if isinstance(data, dict) else None
@@ -143,10 +143,11 @@ def _load_geojson(path: str, s3: S3Config | None) -> tuple[list[dict], CRS]:
     return geoms, _geojson_crs(data, path)
 
 
-def _geojson_crs(data: dict, path: str) -> CRS:
+def _geojson_crs(data: dict, path: str) -> CRS | None:
+    """The CRS its "crs" member names, or None without one (RFC 7946: longitude/latitude on WGS 84)."""
     member = data.get("crs")
     if not member:
-        return CRS.from_epsg(4326)  # RFC 7946: longitude/latitude on WGS 84
+        return None
     props = member.get("properties", {}) if isinstance(member, dict) else {}
     name = props.get("name") or (f"EPSG:{props['code']}" if "code" in props else None)
     try:
@@ -161,8 +162,24 @@ def _bounds(geom: dict) -> tuple[float, float, float, float]:
     return xy[:, 0].min(), xy[:, 1].min(), xy[:, 0].max(), xy[:, 1].max()
 
 
+def _not_lon_lat(path: str, bounds: np.ndarray, image_crs: CRS) -> InputError:
+    """The error for a file without a "crs" member whose coordinates cannot be longitude/latitude."""
+    (xmin, ymin), (xmax, ymax) = bounds[:, :2].min(axis=0), bounds[:, 2:].max(axis=0)
+    example = f"EPSG:{image_crs.to_epsg()}" if image_crs.to_epsg() else "EPSG:32633"
+    return InputError(
+        f"{path}: coordinates span x {xmin:.1f} to {xmax:.1f}, y {ymin:.1f} to {ymax:.1f}, which is not "
+        "longitude/latitude, and without a \"crs\" member GeoJSON is read as longitude/latitude (RFC 7946): "
+        f"name the coordinates' CRS in one, e.g. \"crs\": {{\"type\": \"name\", \"properties\": "
+        f"{{\"name\": \"{example}\"}}}}")
+
+
 class Polygons:
-    """Building polygons burned into windows of the image grid."""
+    """Building polygons burned into windows of the image grid.
+
+    A file with no polygons, or none over the image, is ground truth without buildings: `empty` is True,
+    `empty_reason` says which, and every window reads as zeros. The caller decides whether that is
+    acceptable (a training dataset needs a building somewhere; scoring a mosaic does not).
+    """
 
     def __init__(self, path: str, image: RasterInfo, s3: S3Config | None = None):
         self.path = path
@@ -170,19 +187,36 @@ class Polygons:
         self.width, self.height = image.width, image.height
         if not image.georeferenced:
             raise InputError(f"{image.path}: has no CRS, so polygon labels {path} cannot be placed on it")
-        geoms, crs = _load_geojson(path, s3)
-        if not geoms:
-            raise InputError(f"{path}: holds no building polygons")
+        geoms, stated_crs = _load_geojson(path, s3)
+        crs = stated_crs or CRS.from_epsg(4326)
         image_crs = CRS.from_wkt(image.crs)
-        if crs != image_crs:
-            geoms = transform_geom(crs, image_crs, geoms)
+        self.empty_reason: str | None = "holds no building polygons" if not geoms else None
+        self.geoms: list[dict] = []
+        self.bounds = np.zeros((0, 4))
+        if not geoms:
+            return
         bounds = np.array([_bounds(geom) for geom in geoms])
+        if stated_crs is None and (np.abs(bounds[:, [0, 2]]).max() > 180 or np.abs(bounds[:, [1, 3]]).max() > 90):
+            raise _not_lon_lat(path, bounds, image_crs)
+        if crs != image_crs:
+            try:
+                geoms = transform_geom(crs, image_crs, geoms)
+            except CPLE_BaseError as exc:
+                raise InputError(f"{path}: its polygons cannot be reprojected from {crs.to_string() or 'its CRS'} "
+                                 f"to image {image.path}'s CRS ({exc})") from None
+            bounds = np.array([_bounds(geom) for geom in geoms])
         keep = self._overlapping(bounds, _corners(self.transform, self.width, self.height))
         if not keep.any():
-            raise InputError(f"{path}: none of its {len(geoms)} building polygons overlaps image {image.path} "
-                             f"(polygon CRS {crs.to_string() or 'custom'}; check the file and its \"crs\" member)")
-        self.geoms = [geom for geom, kept in zip(geoms, keep) if kept]
+            self.empty_reason = (f"none of its {len(geoms)} building polygons overlaps image {image.path} "
+                                 f"(polygon CRS {crs.to_string() or 'custom'}; check the file and its \"crs\" member)")
+            return
+        self.geoms = [geom for geom, kept in zip(geoms, keep, strict=True) if kept]
         self.bounds = bounds[keep]
+
+    @property
+    def empty(self) -> bool:
+        """No building polygon lies over the image (`empty_reason` says why)."""
+        return self.empty_reason is not None
 
     @staticmethod
     def _overlapping(bounds: np.ndarray, corners: np.ndarray) -> np.ndarray:

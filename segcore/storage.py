@@ -1,22 +1,28 @@
-"""Local and s3:// paths behind one small API, with atomic writes.
+"""Local, s3:// and http(s):// paths behind one small API, with atomic writes.
 
 A path is a plain string: `s3://bucket/key` goes through s3fs (endpoint and region from the config's
-`s3` section; credentials only from the standard AWS environment or profile, never from config files),
-anything else is the local disk. Writes go to a temporary name and are renamed into place (local), or
-uploaded in one PUT (S3, where an object only appears once complete), so a reader never sees half a file.
+`s3` section; credentials only from the standard AWS environment or profile, never from config files, or
+none at all with `s3.anonymous`), `http(s)://` URLs are read-only (fsspec over aiohttp, timeouts and retries
+from the `http` section), anything else is the local disk. Writes go to a temporary name and are renamed
+into place (local), or uploaded in one PUT (S3, where an object only appears once complete), so a reader
+never sees half a file.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob as globlib
 import os
 import shutil
+import ssl
+import time
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import fsspec
 
-from segcore.config import S3Config
+from segcore.config import HTTPConfig, S3Config
 from segcore.errors import InputError
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
@@ -26,8 +32,32 @@ def is_s3(path: str) -> bool:
     return str(path).startswith("s3://")
 
 
-def filesystem(path: str, s3: S3Config | None = None) -> fsspec.AbstractFileSystem:
-    """The fsspec filesystem for `path`. Imported lazily: s3fs is only needed for s3:// paths."""
+def is_http(path: str) -> bool:
+    return str(path).startswith(("http://", "https://"))
+
+
+def display_url(url: str) -> str:
+    """A URL for messages: its query string, which may hold a signature or a token, left out."""
+    parts = urlsplit(url)
+    return parts._replace(query="", fragment="").geturl() + ("?..." if parts.query else "")
+
+
+def ca_bundle() -> str | None:
+    """The CA file that HTTPS should trust instead of the default ones: $CURL_CA_BUNDLE, else $SSL_CERT_FILE.
+
+    Both readers honour it, GDAL (which rasterio's wheels otherwise point at certifi) and Python.
+    """
+    return os.environ.get("CURL_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or None
+
+
+def filesystem(path: str, s3: S3Config | None = None, http: HTTPConfig | None = None) -> fsspec.AbstractFileSystem:
+    """The fsspec filesystem for `path`. Imported lazily: s3fs and aiohttp are only needed for their paths."""
+    if is_http(path):
+        import aiohttp
+
+        http = http or HTTPConfig()
+        return fsspec.filesystem("http", skip_instance_cache=True, ssl=ssl.create_default_context(cafile=ca_bundle()),
+                                 client_kwargs={"timeout": aiohttp.ClientTimeout(total=http.timeout_s)})
     if not is_s3(path):
         return fsspec.filesystem("file")
     import s3fs
@@ -39,19 +69,58 @@ def filesystem(path: str, s3: S3Config | None = None) -> fsspec.AbstractFileSyst
     if s3.region:
         client_kwargs["region_name"] = s3.region
     # Fresh instance per call site (no cross-process cache surprises after fork); retries for flaky networks.
-    return s3fs.S3FileSystem(client_kwargs=client_kwargs, skip_instance_cache=True,
+    return s3fs.S3FileSystem(client_kwargs=client_kwargs, skip_instance_cache=True, anon=s3.anonymous,
                              config_kwargs={"retries": {"max_attempts": 5, "mode": "standard"}})
 
 
 def absolute(path: str) -> str:
-    """`path` made absolute when local: Ray workers run in directories of their own, not the driver's."""
-    return path if is_s3(path) else os.path.abspath(path)
+    """`path` as Ray workers and relative links need it: a local path made absolute; s3:// and http(s):// as is."""
+    return path if is_s3(path) or is_http(path) else os.path.abspath(path)
 
 
 def join(base: str, *parts: str) -> str:
-    if is_s3(base):
+    if is_s3(base) or is_http(base):
         return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
     return str(Path(base, *parts))
+
+
+def _http_failure(url: str, exc: BaseException, http: HTTPConfig) -> tuple[bool, str]:
+    """(whether a retry may help, as GDAL_HTTP_MAX_RETRY retries 429, 5xx and network errors; a one-line reason)."""
+    import aiohttp
+
+    url = display_url(url)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return exc.status == 429 or exc.status >= 500, f"{url}: HTTP {exc.status} {exc.message}".rstrip()
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return False, (f"{url}: TLS failed ({' '.join(str(exc).split())[:160]}); for a private CA, "
+                       "set CURL_CA_BUNDLE to a file that trusts it")
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return True, f"{url}: timed out after {http.timeout_s:g} s (http.timeout_s)"
+    return isinstance(exc, aiohttp.ClientConnectionError), describe_error(url, exc)
+
+
+def read_bytes(path: str, s3: S3Config | None = None, http: HTTPConfig | None = None) -> bytes:
+    """The whole file at `path`; failures are one-line `InputError`s naming it. HTTP reads retry as configured."""
+    http = http or HTTPConfig()
+    attempt = 0
+    while True:
+        try:
+            return filesystem(path, s3, http).cat_file(path)
+        except (FileNotFoundError, PermissionError) as exc:
+            raise InputError(describe_error(display_url(path) if is_http(path) else path, exc)) from None
+        except Exception as exc:
+            if not is_http(path):
+                if isinstance(exc, OSError):
+                    raise InputError(describe_error(path, exc)) from None
+                if type(exc).__name__ == "NoCredentialsError":  # botocore's, imported only with s3fs
+                    raise InputError(f"{path}: no AWS credentials found (for a public bucket, set "
+                                     "s3.anonymous=true)") from None
+                raise
+            retry, reason = _http_failure(path, exc, http)
+            if not retry or attempt >= http.max_retries:
+                raise InputError(reason) from None
+        time.sleep(http.retry_delay_s * 2 ** attempt)
+        attempt += 1
 
 
 def describe_error(path: str, exc: BaseException) -> str:
@@ -72,10 +141,16 @@ def exists(path: str, s3: S3Config | None = None) -> bool:
 
 
 def list_rasters(specs: list[str] | tuple[str, ...], s3: S3Config | None = None) -> list[str]:
-    """Expand files, directories, globs and s3:// prefixes into a sorted list of raster paths."""
+    """Expand files, directories, globs and s3:// prefixes into a sorted list of raster paths; URLs pass as they are."""
     found: list[str] = []
     for spec in specs:
         spec = str(spec)
+        if is_http(spec):  # one URL, one file: HTTP has no directories to list (GDAL checks it on open)
+            if PurePosixPath(urlsplit(spec).path).suffix.lower() not in RASTER_SUFFIXES:
+                raise InputError(f"{display_url(spec)}: an http(s) input must name one raster file "
+                                 f"({', '.join(RASTER_SUFFIXES)})")
+            found.append(spec)
+            continue
         fs = filesystem(spec, s3)
         try:
             if any(ch in spec for ch in "*?["):

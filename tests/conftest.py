@@ -1,11 +1,14 @@
-"""Shared fixtures: tiny real GeoTIFFs, a real S3 server (moto) on loopback, one local Ray per session."""
+"""Shared fixtures: tiny real GeoTIFFs, a real S3 server (moto) and an HTTP(S) file server on loopback, one local
+Ray per session."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +84,30 @@ def s3_bucket(s3_server, request):
     client = boto3.client("s3", endpoint_url=s3_server)
     client.create_bucket(Bucket=name)
     yield s3_server, name
+
+
+@dataclass(frozen=True)
+class HttpFiles:
+    root: Path  # files written here are served at {http,https}/files/NAME (and the other modes)
+    http: str  # http://127.0.0.1:PORT
+    https: str  # https://127.0.0.1:PORT, with a self-signed certificate
+    ca: Path  # the PEM file that trusts it
+
+
+@pytest.fixture(scope="session")
+def http_files(tmp_path_factory):
+    """A range-capable HTTP and HTTPS file server on loopback for the session (tests/http_server.py)."""
+    root = tmp_path_factory.mktemp("http") / "www"
+    root.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.http_server", str(root), "--slow-s", "3"], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    try:
+        urls = json.loads(proc.stdout.readline())
+        yield HttpFiles(root, urls["http"], urls["https"], Path(urls["ca"]))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

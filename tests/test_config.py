@@ -1,9 +1,10 @@
+import datetime
 import subprocess
 import sys
 
 import pytest
 
-from segcore.config import ConfigError, load_config
+from segcore.config import ConfigError, datetime_interval, load_config
 from tests.conftest import REPO
 
 
@@ -71,4 +72,50 @@ def test_segcore_imports_without_ray():
     code = ("import sys, segcore, segcore.config, segcore.metrics, segcore.losses, segcore.model, "
             "segcore.checkpoint, segcore.raster.io, segcore.raster.grid; "
             "assert 'ray' not in sys.modules, 'ray was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+# Imagery sources and run tracking: s3.anonymous, http, stac, train.tracking.
+
+def test_source_and_tracking_settings():
+    assert load_config().train.tracking == ["tensorboard"] and load_config().s3.anonymous is False
+    cfg = load_config(None, ["s3.anonymous=true", "http.timeout_s=5", "http.max_retries=0", "stac.asset=image",
+                             "stac.bbox=[15, 47.5, 15.5, 48]", "stac.datetime=2023-01-01/..",
+                             "train.tracking=[tensorboard, mlflow]"])
+    assert cfg.s3.anonymous is True and cfg.http.timeout_s == 5.0 and cfg.http.max_retries == 0
+    assert cfg.stac.asset == "image" and cfg.stac.bbox == [15.0, 47.5, 15.5, 48.0]
+    assert cfg.stac.datetime == "2023-01-01/.." and cfg.train.tracking == ["tensorboard", "mlflow"]
+    assert load_config(None, ["stac.datetime=2023-05-01"]).stac.datetime == "2023-05-01"  # YAML: a date
+
+
+def test_datetime_intervals():
+    utc = datetime.timezone.utc
+    start, end = datetime_interval("2023-05-01/2023-05-02")  # a date as the end is its whole day
+    assert start == datetime.datetime(2023, 5, 1, tzinfo=utc)
+    assert end == datetime.datetime(2023, 5, 2, 23, 59, 59, 999999, tzinfo=utc)
+    assert datetime_interval("../2023-06-01T12:00:00Z") == (None, datetime.datetime(2023, 6, 1, 12, tzinfo=utc))
+    start, end = datetime_interval("2023-06-01T12:00:00+02:00")  # one instant
+    assert start == end == datetime.datetime(2023, 6, 1, 10, tzinfo=utc)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("http.timeout_s=0", ["http.timeout_s", "> 0"]),
+    ("http.max_retries=-1", ["http.max_retries", ">= 0"]),
+    ("stac.bbox=[15, 48, 16, 47]", ["stac.bbox", "south < north"]),
+    ("stac.bbox=[15, 47]", ["stac.bbox", "[west, south, east, north]"]),
+    ("stac.datetime=2023-13-01", ["stac.datetime", "'2023-13-01'", "RFC 3339"]),
+    ("stac.datetime=2024-01-01/2023-01-01", ["stac.datetime", "START/END"]),
+    ("s3.anonymous=yes please", ["s3.anonymous", "true or false"]),
+    ("train.tracking=[wandb]", ["train.tracking[0]", "'wandb'", "'tensorboard'"]),
+    ("train.tracking=[mlflow, mlflow]", ["train.tracking", "at most once"]),
+])
+def test_bad_source_and_tracking_values_fail_in_one_line(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert "\n" not in str(err.value) and all(word in str(err.value) for word in words)
+
+
+def test_sources_and_tracking_import_without_ray_or_torch():
+    code = ("import sys, segcore.storage, segcore.stac, segcore.tracking, segcore.labels, segcore.raster.io; "
+            "assert 'ray' not in sys.modules and 'torch' not in sys.modules, 'ray or torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
