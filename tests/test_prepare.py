@@ -280,8 +280,10 @@ def test_corrupt_block_found_mid_run_leaves_nothing(geotiff, tmp_path, ray_local
     """A block that fails only when read (the header and last block are fine) still fails cleanly. The other
     mosaic's task is let finish, never cancelled (Ray 2.60 can crash the driver on a cancel), and then
     its patches are removed too."""
-    big = geotiff("big.tif", _rgb(4096, 4096))  # seconds of work: still running when img.tif fails
-    image = geotiff("img.tif", _rgb(512, 512), tiled=True, blockxsize=128, blockysize=128, compress="deflate")
+    # a_img.tif sorts first, so its task is submitted first and fails within a second, while big.tif's
+    # task (seconds of work) has just started.
+    big = geotiff("big.tif", _rgb(4096, 4096))
+    image = geotiff("a_img.tif", _rgb(512, 512), tiled=True, blockxsize=128, blockysize=128, compress="deflate")
     with rasterio.open(image) as src:
         offset = int(src.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
         size = int(src.get_tag_item("BLOCK_SIZE_1_1", "TIFF", bidx=1))
@@ -289,9 +291,9 @@ def test_corrupt_block_found_mid_run_leaves_nothing(geotiff, tmp_path, ray_local
     data[offset:offset + size] = b"\xff" * size
     image.write_bytes(bytes(data))
     out = tmp_path / "ds"
-    labels = [str(_polygons(tmp_path / "big.geojson")), str(_polygons(tmp_path / "img.geojson"))]
-    with pytest.raises(InputError, match="img.tif"):
-        prepare_dataset([str(big), str(image)], labels, str(out), config())
+    labels = [str(_polygons(tmp_path / "img.geojson")), str(_polygons(tmp_path / "big.geojson"))]
+    with pytest.raises(InputError, match="a_img.tif"):
+        prepare_dataset([str(image), str(big)], labels, str(out), config())
     assert leftovers(out) == []
     assert "waiting for 1 other mosaic task(s) to end" in capsys.readouterr().out  # big.tif: still being cut
 

@@ -13,7 +13,7 @@ import numpy as np
 from segcore.config import InputConfig, S3Config
 from segcore.errors import InputError
 from segcore.raster.grid import Block
-from segcore.raster.io import nodata_value, open_raster, raster_info, read_rgb
+from segcore.raster.io import open_raster, read_rgb
 from segcore.storage import describe_error
 
 BLOCK_FIELDS = tuple(f.name for f in dataclasses.fields(Block))
@@ -28,8 +28,7 @@ def read_block(row: dict, input_cfg: InputConfig, s3: S3Config) -> dict:
     """Ray Data map: read one block's window as uint8 RGB + valid mask; a failure becomes the row's error."""
     try:
         with open_raster(row["path"], s3) as dataset:
-            info = raster_info(dataset, row["path"])
-            rgb, valid = read_rgb(dataset, block_of(row).read_window, input_cfg, nodata_value(info, input_cfg))
+            rgb, valid = read_rgb(dataset, block_of(row).read_window, input_cfg)
         return dict(row, rgb=rgb, valid=valid, error="")
     except Exception as exc:  # noqa: BLE001 - any failure of one input's read must not stop the others
         message = str(exc) if isinstance(exc, InputError) else describe_error(row["path"], exc)

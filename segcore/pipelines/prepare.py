@@ -29,9 +29,9 @@ from rasterio.windows import Window
 from segcore.config import Config, PrepareConfig
 from segcore.data.patches import MANIFEST, MANIFEST_COLUMNS, SPLITS, encode_image, encode_label, patch_name
 from segcore.errors import InputError
-from segcore.labels import match_labels, open_labels
+from segcore.labels import Polygons, match_labels, open_labels
 from segcore.raster.grid import tile_starts
-from segcore.raster.io import check_imagery, check_readable, nodata_value, open_raster, raster_info, read_rgb
+from segcore.raster.io import check_imagery, check_readable, open_raster, raster_info, read_rgb
 from segcore.storage import absolute, describe_error, filesystem, is_s3, join, list_rasters, write_bytes
 
 
@@ -138,14 +138,19 @@ def plan_dataset(images: list[str], labels: list[str], output: str, cfg: Config,
         other = stems.setdefault(_patch_stem(path), path)
         if other != path:
             raise InputError(f"{path}: has the same file stem as {other}, so their patch names would collide")
-    sizes = []
+    sizes, empty = [], []
     for image, label in zip(image_paths, label_paths):
         with open_raster(image, cfg.s3) as dataset:
             info = raster_info(dataset, image)
             check_imagery(info, cfg.input)
             check_readable(dataset, image)
-        with open_labels(label, info, cfg.s3):
+        with open_labels(label, info, cfg.s3) as labels:
             sizes.append((info.width, info.height))
+            if isinstance(labels, Polygons) and labels.empty:
+                empty.append(f"{label}: {labels.empty_reason}")
+    if len(empty) == len(label_paths):  # mosaics without buildings are negatives; a dataset needs some buildings
+        raise InputError(f"{empty[0]}{f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''}: the labels hold "
+                         "no building at all, so the dataset would teach nothing")
     output = absolute(str(output)).rstrip("/")
     _check_output(output, cfg, overwrite)
 
@@ -192,13 +197,12 @@ def _write_patches(job: MosaicJob, local: str, cfg: Config) -> tuple[list[dict],
     # variables set, each would build a boto3 session).
     with rasterio.Env(), open_raster(job.image, cfg.s3) as dataset:
         info = raster_info(dataset, job.image)
-        nodata = nodata_value(info, cfg.input)
         with open_labels(job.label, info, cfg.s3) as labels:
             for square in job.squares:
                 tops, lefts = square_grid(square, job.width, job.height, tile, overlap)
                 for row in tops:
                     strip = Window(lefts[0], row, lefts[-1] + tile - lefts[0], tile)
-                    rgb, valid = read_rgb(dataset, strip, cfg.input, nodata)
+                    rgb, valid = read_rgb(dataset, strip, cfg.input)
                     mask = labels.read(strip)
                     for col in lefts:
                         cut = np.s_[..., col - lefts[0]:col - lefts[0] + tile]
@@ -310,6 +314,9 @@ def run_plan(plan: DatasetPlan) -> PrepareSummary:
         rows = [row for mosaic_rows, _ in results for row in mosaic_rows]
         if not rows:
             raise InputError(f"{', '.join(job.image for job in plan.jobs[:3])}: every patch is nodata; "
+                             "no dataset written")
+        if not any(float(row["building_fraction"]) > 0 for row in rows):
+            raise InputError(f"{', '.join(job.label for job in plan.jobs[:3])}: no patch holds a building; "
                              "no dataset written")
         empty = [split for split in _wanted_splits(cfg.prepare) if not any(row["split"] == split for row in rows)]
         if empty:  # its squares held only nodata
