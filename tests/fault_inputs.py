@@ -305,14 +305,17 @@ class Tmpfs:
 
 # ------------------------------------------------------------------------------ jobs as subprocesses
 
-def job_env(ray_tmp: Path, **extra: str) -> dict:
-    """The environment of a job subprocess with a Ray of its own: RAY_ADDRESS=local makes ray.init() start a
-    new local instance even where another cluster could be found (a `ray start` head writes its address
-    to <temp>/ray/ray_current_cluster, which ray.init() would otherwise join), and RAY_TMPDIR gives that
-    instance its own session and log folder, which also marks every process of it."""
+def job_env(ray_tmp: Optional[Path], *, ray_address: Optional[str] = None, **extra: str) -> dict:
+    """The environment of a job subprocess. Without `ray_address` it starts a Ray of its own: RAY_ADDRESS=local
+    makes ray.init() start a new local instance even where another cluster could be found (a `ray start` head
+    writes its address to <temp>/ray/ray_current_cluster, which ray.init() would otherwise join), and RAY_TMPDIR
+    gives that instance its own session and log folder, which also marks every process of it. With it, the job
+    joins that running cluster, as under `ray job submit`."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("RAY_", "AWS_"))}
-    env.update(RAY_ADDRESS="local", RAY_TMPDIR=str(ray_tmp), RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1",
-               AWS_DEFAULT_REGION="us-east-1", **extra)
+    env.update({"RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1", "AWS_DEFAULT_REGION": "us-east-1", **extra})
+    # A client of a running cluster sends the token (~/.ray/auth_token) only when RAY_AUTH_MODE=token.
+    env.update({"RAY_ADDRESS": ray_address, "RAY_AUTH_MODE": "token"} if ray_address else
+               {"RAY_ADDRESS": "local", "RAY_TMPDIR": str(ray_tmp)})
     return env
 
 

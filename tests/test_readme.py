@@ -1,6 +1,6 @@
 """The README's command sequence runs as written (prepare, train with dev.yaml, resume, evaluate without
 --config, segment, the model smoke run), on a 1024^2 city instead of 4096^2, so the README cannot drift
-from the code. Each command is a subprocess with a local Ray of its own, in a scratch working directory."""
+from the code. Each command is a subprocess in a scratch working directory, joining the session's local Ray."""
 from __future__ import annotations
 
 import csv
@@ -33,21 +33,24 @@ def runnable(command: list[str]) -> list[str]:
     return [{"4096": "1024"}.get(word, word) for word in out]
 
 
-def test_the_readme_sequence_runs_as_written(tmp_path):
+def test_the_readme_sequence_runs_as_written(ray_local, tmp_path):
     commands = readme_commands()
     scripts = [next((w for w in c if w.endswith(".py") or w.startswith("segcore.")), c[1]) for c in commands]
     assert scripts == ["segcore.synth", "jobs/prepare.py", "jobs/train.py", "jobs/train.py", "jobs/evaluate.py",
                        "jobs/segment.py", "segcore.model"], scripts
     outputs = []
-    for number, command in enumerate(commands):
-        result = fi.run_job_command(runnable(command), cwd=tmp_path, env=fi.job_env(fi.short_tmp(f"rd{number}")),
-                                    timeout=600)
+    for command in commands:
+        # The jobs join the session's Ray (RAY_ADDRESS), as they would join a running cluster.
+        env = fi.job_env(None, ray_address=ray_local.get_runtime_context().gcs_address)
+        result = fi.run_job_command(runnable(command), cwd=tmp_path, env=env, timeout=600)
         assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-3000:])
         outputs.append(result.stdout)
     with open(tmp_path / "runs" / "dev" / "metrics.csv") as handle:  # trained 10 epochs, resumed to 12
         assert [int(row["epoch"]) for row in csv.DictReader(handle)] == list(range(1, 13))
     evaluation = json.loads(outputs[4][outputs[4].index("{"):])
-    assert evaluation["split"] == "test" and evaluation["patch_size"] == 256 and 0 < evaluation["iou"] <= 1
+    assert evaluation["split"] == "test" and evaluation["patch_size"] == 256 and evaluation["samples"] >= 1
+    pixels = sum(evaluation[k] for k in ("tp", "fp", "fn", "tn"))
+    assert pixels == evaluation["samples"] * 256 * 256 and 0 <= evaluation["iou"] <= 1
     (summary,) = [json.loads(path.read_text()) for path in Path(tmp_path / "out").glob("summary.json")]
     assert summary["ok"] == 1 and "iou" in summary["inputs"][0]["metrics"]
     with rasterio.open(tmp_path / "out" / "image" / "mask.tif") as mask:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import struct
 from pathlib import PurePosixPath
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
 
-from segcore.config import S3Config
+from segcore.config import AugmentConfig, S3Config
 from segcore.errors import InputError
 from segcore.storage import describe_error, filesystem, is_s3, join
 
@@ -114,3 +115,28 @@ def list_pairs(root: str, split: str, s3: S3Config | None = None) -> list[tuple[
     if not images:
         raise InputError(f"{folders[0]}: holds no images (expected {', '.join(IMAGE_SUFFIXES)} files)")
     return [(images[stem], labels[stem]) for stem in sorted(images)]
+
+
+class PatchReader:
+    """Ray Data batch function: patch paths -> uint8 images N x H x W x 3 and masks N x H x W in {0, 1}.
+
+    An instance carries its settings into every task; the augmentation pipeline is built once per process.
+    Torch-free (albumentations only when augmenting), so the Ray Data tasks that call it start fast.
+    """
+
+    def __init__(self, s3: S3Config, augment: Optional[AugmentConfig] = None):
+        self.s3, self.augment = s3, augment
+        self._transform: Optional[Callable[..., dict]] = None
+
+    def __call__(self, batch: dict) -> dict:
+        fs = filesystem(str(batch["image"][0]), self.s3)
+        images = [decode_image(fs.cat_file(path), path) for path in batch["image"]]
+        labels = [decode_label(fs.cat_file(path), path) for path in batch["label"]]
+        if self.augment is not None:
+            if self._transform is None:
+                from segcore.data.transforms import build_augment
+
+                self._transform = build_augment(self.augment)
+            pairs = [self._transform(image=image, mask=label) for image, label in zip(images, labels)]
+            images, labels = [pair["image"] for pair in pairs], [pair["mask"] for pair in pairs]
+        return {"image": np.stack(images), "label": np.stack(labels)}

@@ -17,11 +17,11 @@ import torch
 
 from segcore.checkpoint import load_model
 from segcore.config import Config
-from segcore.data.patches import SPLITS
+from segcore.data.patches import SPLITS, PatchReader
 from segcore.errors import InputError
 from segcore.inference import pick_device
 from segcore.losses import build_loss
-from segcore.pipelines.raytrain import PATCH_BATCH, PatchReader, check_split, init_ray
+from segcore.pipelines.raytrain import PATCH_BATCH, check_split, init_ray
 from segcore.storage import absolute
 from segcore.training import EpochStats, evaluate
 

@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import ray
 import ray.train
 import torch
@@ -19,8 +18,8 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from segcore.config import AugmentConfig, Config, S3Config
-from segcore.data.patches import decode_image, decode_label, list_pairs, patch_size
+from segcore.config import Config
+from segcore.data.patches import PatchReader, list_pairs, patch_size
 from segcore.errors import InputError
 from segcore.model.refinenet import INPUT_SIZE_MULTIPLE
 from segcore.storage import filesystem, is_s3
@@ -57,30 +56,6 @@ def check_split(root: str, split: str, cfg: Config, tile_size: Optional[int] = N
             what = "(train.tile_size)" if tile_size else f"(the size of {paths[0]})"
             raise InputError(f"{path}: patch is {width}x{height}, expected {size}x{size} {what}")
     return pairs, size
-
-
-class PatchReader:
-    """Ray Data batch function: patch paths -> uint8 images N x H x W x 3 and masks N x H x W in {0, 1}.
-
-    An instance carries its settings into every task; the augmentation pipeline is built once per process.
-    """
-
-    def __init__(self, s3: S3Config, augment: Optional[AugmentConfig] = None):
-        self.s3, self.augment = s3, augment
-        self._transform: Optional[Callable[..., dict]] = None
-
-    def __call__(self, batch: dict) -> dict:
-        fs = filesystem(str(batch["image"][0]), self.s3)
-        images = [decode_image(fs.cat_file(path), path) for path in batch["image"]]
-        labels = [decode_label(fs.cat_file(path), path) for path in batch["label"]]
-        if self.augment is not None:
-            if self._transform is None:
-                from segcore.data.transforms import build_augment
-
-                self._transform = build_augment(self.augment)
-            pairs = [self._transform(image=image, mask=label) for image, label in zip(images, labels)]
-            images, labels = [pair["image"] for pair in pairs], [pair["mask"] for pair in pairs]
-        return {"image": np.stack(images), "label": np.stack(labels)}
 
 
 def patch_dataset(pairs: list[tuple[str, str]], cfg: Config, augment: bool) -> ray.data.Dataset:
