@@ -6,12 +6,11 @@ over a process tree, a loopback S3 server, and markdown tables.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -367,56 +366,21 @@ def _short_name(proc) -> str:
 
 # ---------------------------------------------------------------- loopback S3
 
-class MotoServer:
-    """A real S3 API (moto's server) on 127.0.0.1, as the tests use; dummy credentials in the environment
-    (set them before ray.init so Ray's workers inherit them)."""
+def set_s3_credentials() -> None:
+    """Dummy credentials for the loopback S3 server; set them before ray.init so Ray's workers inherit them."""
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "segcore-bench-key-id")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "segcore-bench-secret")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    os.environ.pop("AWS_PROFILE", None)
 
-    def __init__(self):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.proc: Optional[subprocess.Popen] = None
 
-    @staticmethod
-    def set_credentials() -> None:
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", "segcore-bench-key-id")
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "segcore-bench-secret")
-        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-        os.environ.pop("AWS_PROFILE", None)
-
-    def start(self) -> "MotoServer":
-        self.set_credentials()
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("moto server did not start")
-
-    def upload(self, local: Path, url: str) -> str:
-        from segcore.config import S3Config
-        from segcore.storage import filesystem
-
-        fs = filesystem(url, S3Config(endpoint_url=self.endpoint))
-        bucket = url[len("s3://"):].split("/", 1)[0]
-        if not fs.exists(bucket):
-            fs.mkdir(bucket)
-        fs.put_file(str(local), url)
-        return url
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+def upload(server, local: Path, url: str) -> str:
+    """Put a local file at an s3:// URL of the loopback server (tests.servers.MotoServer), bucket included."""
+    bucket, key = url[len("s3://"):].split("/", 1)
+    with contextlib.suppress(Exception):  # the bucket exists already
+        server.client().create_bucket(Bucket=bucket)
+    server.client().upload_file(str(local), bucket, key)
+    return url
 
 
 # ---------------------------------------------------------------- output

@@ -317,13 +317,15 @@ def section_scale(p: dict, results: dict, work: Path, base_image: Path, checkpoi
 
 def section_s3(p: dict, results: dict, work: Path, base_image: Path, checkpoint: str, ceiling: float,
                batch: int) -> None:
-    server = common.MotoServer().start()
+    from tests.servers import MotoServer
+
+    server = MotoServer().start()
     rows = []
     try:
         for size in p["s3_sizes"]:
             local = base_image if size == p["city_size"] else \
                 common.materialize(common.mosaic(work, base_image, size), work / f"mosaic-{size}.tif")
-            url = server.upload(local, f"s3://bench/in/city-{size}.tif")
+            url = common.upload(server, local, f"s3://bench/in/city-{size}.tif")
             row = run_pipeline(url, checkpoint, f"s3://bench/out-{size}", segment_cfg(64, batch, server.endpoint),
                                exclude_pids=[server.proc.pid], label="S3 GeoTIFF")
             row["size"] = size
@@ -502,7 +504,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     output = Path(args.output or work / f"results-{profile}").resolve()
 
-    common.MotoServer.set_credentials()  # before Ray starts, so its workers inherit them
+    common.set_s3_credentials()  # before Ray starts, so its workers inherit them
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import torch
 

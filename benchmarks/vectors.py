@@ -69,7 +69,7 @@ def polygonize_and_merge(read, width: int, height: int, block_size: int) -> tupl
     """Finished buildings per block, in row-major order, and the CPU seconds of both stages."""
     seconds = {"polygonize": 0.0, "merge": 0.0}
     merger, finished = FragmentMerger(), []
-    for block in plan_blocks(width, height, block_size, 0):
+    for block in plan_blocks(width, height, block_size):
         mask, probability = read(block.core)
         start = time.process_time()
         stored = polygonize_block(mask, probability, block, width, height).to_bytes()
@@ -143,7 +143,7 @@ def main() -> None:
         prepared = time.perf_counter() - started
         info = inspect_raster(mask_path)
         frame = GroundFrame.of(info)
-        blocks = plan_blocks(info.width, info.height, args.block_size, 0)
+        blocks = plan_blocks(info.width, info.height, args.block_size)
         truths = read_truth_polygons(truth_path, info) if truth_path else None
         finished, shared = polygonize_and_merge(read, info.width, info.height, args.block_size)
         variants = {"raw": dataclasses.replace(base, simplify_px=0.0, regularize=False),

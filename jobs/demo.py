@@ -11,8 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from _cli import run_main
-
+from segcore.cli import run_main
 from segcore.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,8 +28,6 @@ def main() -> int:
     cfg = load_config(REPO / "configs" / "dev.yaml", [
         f"train.data_root={out / 'patches'}", f"train.run_dir={out / 'run'}", *args.overrides])
 
-    import ray
-
     from segcore.pipelines.prepare import prepare_dataset
     from segcore.pipelines.segment import plan_segment, run_segment
     from segcore.pipelines.train import run_training
@@ -41,7 +38,6 @@ def main() -> int:
     print(f"1/4 generating a {args.train_size} px training city and a {args.test_size} px held-out city", flush=True)
     train_city = generate_city(out / "city_train", args.train_size, args.train_size, seed=1)
     test_city = generate_city(out / "city_heldout", args.test_size, args.test_size, seed=2)
-    ray.init()
     print("2/4 cutting patches (spatial train/val/test split)", flush=True)
     summary = prepare_dataset([str(train_city.image)], [str(train_city.buildings)], str(out / "patches"), cfg)
     print(f"    {summary.patches}", flush=True)

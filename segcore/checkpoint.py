@@ -25,7 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from segcore.config import DEFAULT_THRESHOLD, InputConfig, ModelConfig, S3Config, section_from_dict
+from segcore.config import (
+    DEFAULT_THRESHOLD,
+    InputConfig,
+    ModelConfig,
+    S3Config,
+    section_from_dict,
+)
 from segcore.errors import InputError
 from segcore.model import build_model
 from segcore.model.fork import from_fork_state_dict, to_fork_key

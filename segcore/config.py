@@ -18,7 +18,6 @@ import yaml
 
 from segcore.errors import InputError
 
-
 DEFAULT_THRESHOLD = 0.45  # the fork's decision threshold: building where probability >= it
 MODEL_PARTS = ("encoder", "decoder", "head")
 
@@ -171,16 +170,23 @@ class SegmentConfig:
     block_size: int = 2304  # pixels a side of the unit of work (read, infer, write, resume)
     batch_size: int = 8  # tiles per forward pass
     threshold: Optional[float] = None  # None: the checkpoint's stored threshold, else DEFAULT_THRESHOLD
-    actors: int = 1  # inference actor pool size
+    actors: int = 1  # inference actors: one per GPU on a GPU cluster
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0  # 1 on GPU clusters; 0 runs CPU actors (local mode)
     torch_threads: int = 0  # intra-op threads per CPU actor; 0 = cpus_per_actor
+    # The CPU stages around inference scale with the CPUs, not with the GPUs: block readers (read and decode)
+    # and writers (block files, building vectors) are actor pools of up to this many (0: as many as the
+    # cluster's CPUs beyond the inference actors' hold), and each mosaic is assembled by a task of its own.
+    readers: int = 0
+    writers: int = 0
+    cpus_per_reader: float = 0.5
+    cpus_per_writer: float = 0.5
+    cpus_per_assembly: float = 1.0
     precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast applies on GPU only
     channels_last: bool = True  # NHWC model and tiles, on GPU and CPU (faster on both)
     compile: bool = False  # torch.compile the model in each actor (pays off on GPU for long runs)
     write_probability: bool = False  # also write a uint8 0-255 probability COG
-    write_polygons: bool = False  # also write building polygons
-    polygon_format: Literal["geojson", "gpkg"] = "geojson"
+    write_polygons: bool = False  # also write building footprints (the `polygons` section says how)
     preview_size: int = 1024  # longest side of the preview PNG in pixels; 0 disables
 
     def validate(self, at: str) -> None:
@@ -196,6 +202,10 @@ class SegmentConfig:
         _check(f"{at}.cpus_per_actor", self.cpus_per_actor, self.cpus_per_actor > 0, "a number > 0")
         _check(f"{at}.gpus_per_actor", self.gpus_per_actor, self.gpus_per_actor >= 0, "a number >= 0")
         _check(f"{at}.torch_threads", self.torch_threads, self.torch_threads >= 0, "an integer >= 0")
+        for name in ("readers", "writers"):
+            _check(f"{at}.{name}", getattr(self, name), getattr(self, name) >= 0, "an integer >= 0 (0: from the CPUs)")
+        for name in ("cpus_per_reader", "cpus_per_writer", "cpus_per_assembly"):
+            _check(f"{at}.{name}", getattr(self, name), getattr(self, name) > 0, "a number > 0")
         _check(f"{at}.preview_size", self.preview_size, self.preview_size >= 0, "an integer >= 0")
 
 

@@ -1,12 +1,22 @@
-"""Ray-free inference on one block of imagery: tiling, batched forward passes, blending, thresholding.
+"""Ray-free inference on one block of imagery: tiling, batched forward passes, blending and thresholding,
+all on the model's device.
 
-`predict_block` takes any nn.Module that maps N x 3 x H x W floats in [0, 1] to N x 1 x H x W logits,
-so tests and benchmarks can call it directly; the Ray actor of the segment pipeline only wraps it.
-The block goes to the device once as uint8 and is cropped and normalized (`/ 255`) there.
+`predict_block` takes any nn.Module that maps N x 3 x H x W floats in [0, 1] to N x 1 x H x W logits, so
+tests and benchmarks can call it directly; the segment pipeline's inference actor only wraps it. The block
+goes to the device once as uint8 and is cropped into tiles and normalized (`/ 255`) there; the blended
+probabilities stay there, and only the compact uint8 mask and probability come back (`to_mask`,
+`to_probability_bytes`).
+
+The forward passes run on a thread of their own while this thread cuts the next batch and blends the last
+one: on a GPU, host work overlaps device work; on the CPU, torch's ops release the GIL, so the two overlap
+on spare cores.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -14,14 +24,13 @@ from torch import nn
 
 from segcore.model.inputs import autocast_for, prepare_input
 from segcore.raster.blend import accumulate, weight_window
+from segcore.raster.cog import MASK_NODATA
 from segcore.raster.grid import tile_starts
-
-MASK_NODATA = 255  # mask values: 1 building, 0 background, 255 nodata
 
 
 @dataclass
 class BlockPrediction:
-    probability: np.ndarray  # float32 [h, w]; NaN where the input is nodata
+    probability: torch.Tensor  # float32 [h, w] on the model's device; NaN where the input is nodata
     tiles_computed: int
     tiles_skipped: int  # tiles holding nodata only: never sent to the model
 
@@ -38,14 +47,20 @@ def tile_origins(height: int, width: int, tile_size: int, overlap: int) -> list[
             for col in tile_starts(width, tile_size, stride, pad_end=False)]
 
 
+def _forward(model: nn.Module, tiles: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+    with torch.inference_mode(), autocast_for(device, precision):
+        return model(tiles)[:, 0].float().sigmoid()
+
+
 def predict_block(model: nn.Module, rgb: np.ndarray, valid: np.ndarray, *, tile_size: int, overlap: int,
                   batch_size: int, device: torch.device | str = "cpu", precision: str = "fp32",
-                  channels_last: bool = False) -> BlockPrediction:
+                  channels_last: bool = False, origins: Optional[Sequence[tuple[int, int]]] = None) -> BlockPrediction:
     """Blended building probabilities for uint8 rgb [3, h, w] with a valid mask [h, w].
 
-    Arrays smaller than a tile are padded to one (as nodata) and cropped back. bf16 autocast applies on
-    CUDA only: on the CPU it is slower, and fp32 keeps CPU runs exact. channels_last applies on every
-    device (pass a model converted to it): oneDNN's NHWC convolutions are faster on the CPU as well.
+    `origins`: the tiles to compute, (row, col) in the block (default: `tile_origins` over it). Tiles holding
+    nodata only are skipped. An array smaller than a tile is padded to one (as nodata) and cropped back.
+    bf16 autocast applies on CUDA only; channels_last applies on every device (pass a model converted to it):
+    oneDNN's NHWC convolutions are faster on the CPU as well.
     """
     device = torch.device(device)
     height, width = valid.shape
@@ -53,36 +68,42 @@ def predict_block(model: nn.Module, rgb: np.ndarray, valid: np.ndarray, *, tile_
     if (padded_h, padded_w) != (height, width):
         rgb = np.pad(rgb, ((0, 0), (0, padded_h - height), (0, padded_w - width)))
         valid = np.pad(valid, ((0, padded_h - height), (0, padded_w - width)))
-    origins = tile_origins(padded_h, padded_w, tile_size, overlap)
-    # Per-tile any() costs microseconds; a summed-area table of a whole block cost 5 % of its compute.
-    keep = [bool(valid[row:row + tile_size, col:col + tile_size].any()) for row, col in origins]
-    origins = [origin for origin, kept in zip(origins, keep) if kept]
+    origins = list(origins) if origins is not None else tile_origins(padded_h, padded_w, tile_size, overlap)
+    # Per-tile any() costs microseconds; a summed-area table of a whole block costs more than it saves.
+    kept = [(row, col) for row, col in origins if valid[row:row + tile_size, col:col + tile_size].any()]
 
     window = weight_window(tile_size, overlap, device)
     total = torch.zeros((padded_h, padded_w), dtype=torch.float32, device=device)
     weights = torch.zeros_like(total)
     # Arrays from Ray's object store are read-only, which torch.from_numpy warns about: copy those.
-    image = torch.from_numpy(np.require(rgb, requirements=("C", "W"))).to(device, non_blocking=True)
-    with torch.inference_mode():
-        for start in range(0, len(origins), batch_size):
-            batch = origins[start:start + batch_size]
-            tiles = prepare_input(torch.stack([image[:, r:r + tile_size, c:c + tile_size] for r, c in batch]),
-                                  channels_last)
-            with autocast_for(device, precision):
-                logits = model(tiles)
-            accumulate(total, weights, logits[:, 0].float().sigmoid(), batch, window)
-        probability = (total / weights).cpu().numpy()
-    probability[~valid] = np.nan  # also covers pixels no computed tile reached (0 / 0)
-    return BlockPrediction(probability[:height, :width], len(origins), len(keep) - len(origins))
+    host = torch.from_numpy(np.require(rgb, requirements=("C", "W")))
+    image = (host.pin_memory() if device.type == "cuda" else host).to(device, non_blocking=True)
+    batches = [kept[start:start + batch_size] for start in range(0, len(kept), batch_size)]
+    with ThreadPoolExecutor(1, thread_name_prefix="forward") as forward, torch.inference_mode():
+        pending: Optional[tuple[list, Future]] = None
+        for batch in [*batches, None]:
+            submitted = None
+            if batch is not None:
+                tiles = prepare_input(torch.stack([image[:, r:r + tile_size, c:c + tile_size] for r, c in batch]),
+                                      channels_last)
+                submitted = (batch, forward.submit(_forward, model, tiles, device, precision))
+            if pending is not None:  # blend the previous batch while this one runs
+                accumulate(total, weights, pending[1].result(), pending[0], window)
+            pending = submitted
+        probability = total / weights
+        probability[~torch.from_numpy(np.ascontiguousarray(valid)).to(device)] = torch.nan  # also 0/0 pixels
+    return BlockPrediction(probability[:height, :width], len(kept), len(origins) - len(kept))
 
 
-def to_mask(probability: np.ndarray, threshold: float) -> np.ndarray:
-    """uint8 mask: 1 building (probability >= threshold), 0 background, 255 nodata (NaN)."""
-    mask = (probability >= threshold).astype(np.uint8)
-    mask[np.isnan(probability)] = MASK_NODATA
-    return mask
+def to_mask(probability: torch.Tensor, threshold: float) -> np.ndarray:
+    """uint8 mask, made on the probability's device: 1 building (probability >= threshold), 0 background,
+    255 nodata (NaN)."""
+    mask = (probability >= threshold).to(torch.uint8)
+    mask[torch.isnan(probability)] = MASK_NODATA
+    return mask.cpu().numpy()
 
 
-def to_probability_bytes(probability: np.ndarray) -> np.ndarray:
-    """uint8 probability, round(p * 255); nodata becomes 0 (the mask carries nodata)."""
-    return np.rint(np.nan_to_num(probability, nan=0.0) * 255.0).astype(np.uint8)
+def to_probability_bytes(probability: torch.Tensor) -> np.ndarray:
+    """uint8 probability, round(p * 255) (ties to even), made on the probability's device; nodata becomes 0
+    (the mask carries nodata)."""
+    return torch.round(torch.nan_to_num(probability, nan=0.0) * 255.0).to(torch.uint8).cpu().numpy()

@@ -12,6 +12,7 @@ so opening a label source is also its up-front validation.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -27,31 +28,33 @@ from rasterio.windows import transform as window_transform
 from segcore.config import S3Config
 from segcore.errors import InputError
 from segcore.raster.io import RasterInfo, check_readable, open_raster, raster_info
-from segcore.storage import RASTER_SUFFIXES, filesystem, is_s3, read_bytes
+from segcore.sources import Source
+from segcore.storage import RASTER_SUFFIXES, filesystem, list_dir, read_bytes
 
 POLYGON_SUFFIXES = (".geojson", ".json")
 LABEL_SUFFIXES = RASTER_SUFFIXES + POLYGON_SUFFIXES
 
 
-def match_labels(images: list[str], specs: list[str], s3: S3Config | None = None) -> list[str]:
-    """One label path per image: `specs` in the images' order, or the files of one directory matched by stem."""
+def match_labels(images: Sequence[Source], specs: list[str], s3: S3Config | None = None) -> list[str]:
+    """One label path per image: `specs` in the images' order, or the files of one directory matched by name
+    (a label file's stem is the image's: its file stem, or its STAC Item's id)."""
     if len(specs) == 1 and filesystem(specs[0], s3).isdir(specs[0]):
         folder = specs[0]
         by_stem: dict[str, str] = {}
-        for entry in filesystem(folder, s3).ls(folder, detail=False):
-            path = f"s3://{entry}" if is_s3(folder) and not entry.startswith("s3://") else entry
+        for path in list_dir(folder, s3):
             name = PurePosixPath(path)
             if name.suffix.lower() not in LABEL_SUFFIXES:
                 continue
             if name.stem in by_stem:
                 raise InputError(f"{path}: two label files with stem '{name.stem}' in {folder} ({by_stem[name.stem]})")
             by_stem[name.stem] = path
-        missing = [image for image in images if PurePosixPath(image).stem not in by_stem]
+        missing = [image for image in images if image.name not in by_stem]
         if missing:
-            raise InputError(f"{missing[0]}: no label file with stem '{PurePosixPath(missing[0]).stem}' in {folder}")
-        return [by_stem[PurePosixPath(image).stem] for image in images]
+            raise InputError(f"{missing[0].path}: no label file with stem '{missing[0].name}' in {folder}")
+        return [by_stem[image.name] for image in images]
     if len(specs) != len(images):
-        raise InputError(f"labels: {len(specs)} label file(s) for {len(images)} image(s) ({', '.join(images[:3])}"
+        shown = ", ".join(image.path for image in images[:3])
+        raise InputError(f"labels: {len(specs)} label file(s) for {len(images)} image(s) ({shown}"
                          f"{', ...' if len(images) > 3 else ''}): give one per image in the same order, or one directory")
     return list(specs)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+
 def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den else 0.0
 

@@ -22,7 +22,14 @@ from pystac.utils import make_absolute_href
 
 from segcore.config import HTTPConfig, S3Config, StacConfig, datetime_interval
 from segcore.errors import InputError
-from segcore.storage import RASTER_SUFFIXES, absolute, display_url, is_http, read_bytes, write_bytes
+from segcore.storage import (
+    RASTER_SUFFIXES,
+    absolute,
+    display_url,
+    is_http,
+    read_bytes,
+    write_bytes,
+)
 
 # Media types of GeoTIFFs and COGs ("image/tiff; application=geotiff; profile=cloud-optimized" and its kin).
 RASTER_MEDIA_TYPES = ("image/tiff", "image/vnd.stac.geotiff")

@@ -140,6 +140,16 @@ def exists(path: str, s3: S3Config | None = None) -> bool:
         raise InputError(describe_error(path, exc)) from None
 
 
+def _full(path: str, base: str) -> str:
+    """fsspec lists s3:// paths without their scheme: put it back."""
+    return f"s3://{path}" if is_s3(base) and not path.startswith("s3://") else path
+
+
+def list_dir(folder: str, s3: S3Config | None = None) -> list[str]:
+    """The paths directly in `folder` (local or s3://)."""
+    return [_full(entry, folder) for entry in filesystem(folder, s3).ls(folder, detail=False)]
+
+
 def list_rasters(specs: list[str] | tuple[str, ...], s3: S3Config | None = None) -> list[str]:
     """Expand files, directories, globs and s3:// prefixes into a sorted list of raster paths; URLs pass as they are."""
     found: list[str] = []
@@ -154,10 +164,9 @@ def list_rasters(specs: list[str] | tuple[str, ...], s3: S3Config | None = None)
         fs = filesystem(spec, s3)
         try:
             if any(ch in spec for ch in "*?["):
-                matches = fs.glob(spec) if is_s3(spec) else globlib.glob(spec)
-                paths = [f"s3://{m}" if is_s3(spec) and not m.startswith("s3://") else m for m in matches]
+                paths = [_full(match, spec) for match in (fs.glob(spec) if is_s3(spec) else globlib.glob(spec))]
             elif fs.isdir(spec):
-                paths = [p if not is_s3(spec) or p.startswith("s3://") else f"s3://{p}" for p in fs.find(spec)]
+                paths = [_full(path, spec) for path in fs.find(spec)]
             elif fs.exists(spec):
                 paths = [spec]
             else:

@@ -87,7 +87,9 @@ class _TensorBoard:
         self._writer().add_text("config", _markdown_code(yaml.safe_dump(params, sort_keys=False)), self.next_step)
 
     def _writer(self) -> SummaryWriter:
-        from tensorboardX import SummaryWriter  # imported here: it imports torch when torch is installed
+        from tensorboardX import (
+            SummaryWriter,  # imported here: it imports torch when torch is installed
+        )
 
         if self.writer is None:
             # Event files are named by the second they start in, and one of the same name is overwritten: the

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,32 +45,14 @@ def geotiff(tmp_path):
     return lambda name, array, **kw: write_geotiff(tmp_path / name, array, **kw)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3 API (moto's server) on loopback for the whole session; yields its endpoint URL."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError("moto server did not start")
-    yield endpoint
-    proc.terminate()
-    proc.wait(timeout=10)
+    from tests.servers import MotoServer
+
+    server = MotoServer().start()
+    yield server.endpoint
+    server.stop()
 
 
 @pytest.fixture
@@ -108,6 +88,31 @@ def http_files(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def cities(tmp_path_factory):
+    """Factory: cities(width, height, seed=0) -> a generated city (image.tif, labels.tif, buildings.geojson; 0.5 m,
+    UTM), made once per session for each size and seed."""
+    from segcore.synth import generate_city
+
+    made: dict = {}
+
+    def city(width: int, height: int, seed: int = 0):
+        if (width, height, seed) not in made:
+            folder = tmp_path_factory.mktemp(f"city{width}x{height}s{seed}")
+            made[width, height, seed] = generate_city(folder, width, height, seed=seed)
+        return made[width, height, seed]
+
+    return city
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """A random-weights RefineNet-resnet18 (decoder 16) segcore checkpoint (tests.inputs.tiny_checkpoint)."""
+    from tests.inputs import tiny_checkpoint as make
+
+    return make(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 @pytest.fixture(scope="session")

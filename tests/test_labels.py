@@ -1,4 +1,5 @@
-"""segcore.labels, polygons: the CRS of GeoJSON without a "crs" member, and label files without buildings."""
+"""segcore.labels: polygons (the CRS of GeoJSON without a "crs" member, label files without buildings) and
+matching label files to images."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,9 @@ from rasterio.warp import transform
 from rasterio.windows import Window
 
 from segcore.errors import InputError
-from segcore.labels import Polygons
+from segcore.labels import Polygons, match_labels
 from segcore.raster.io import inspect_raster
+from segcore.sources import Source
 from tests.conftest import write_geotiff
 
 UTM_NAME = {"type": "name", "properties": {"name": "EPSG:32633"}}
@@ -78,3 +80,16 @@ def test_polygons_all_outside_the_image_are_ground_truth_without_buildings(image
         assert labels.empty
         assert labels.empty_reason.startswith(f"none of its 2 building polygons overlaps image {image.path} ")
         assert not labels.read(Window(0, 0, 60, 40)).any()
+
+
+def test_a_label_directory_is_matched_by_name(tmp_path):
+    (tmp_path / "labels").mkdir()
+    for name in ("east.geojson", "west.tif", "readme.txt"):
+        (tmp_path / "labels" / name).write_text("x")
+    images = [Source(str(tmp_path / "img" / "west.tif"), "west"), Source(str(tmp_path / "img" / "east.tif"), "east")]
+    assert match_labels(images, [str(tmp_path / "labels")]) == [str(tmp_path / "labels" / "west.tif"),
+                                                                str(tmp_path / "labels" / "east.geojson")]
+    with pytest.raises(InputError, match="north.tif: no label file with stem 'north'"):
+        match_labels([Source(str(tmp_path / "north.tif"), "north")], [str(tmp_path / "labels")])
+    with pytest.raises(InputError, match="1 label file.* for 2 image"):
+        match_labels(images, [str(tmp_path / "labels" / "west.tif")])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import rasterio
 
-from tests import fault_inputs as fi
+from tests import jobs
 from tests.conftest import REPO
 
 
@@ -41,8 +41,8 @@ def test_the_readme_sequence_runs_as_written(ray_local, tmp_path):
     outputs = []
     for command in commands:
         # The jobs join the session's Ray (RAY_ADDRESS), as they would join a running cluster.
-        env = fi.job_env(None, ray_address=ray_local.get_runtime_context().gcs_address)
-        result = fi.run_job_command(runnable(command), cwd=tmp_path, env=env, timeout=600)
+        env = jobs.job_env(None, ray_address=ray_local.get_runtime_context().gcs_address)
+        result = jobs.run_job_command(runnable(command), cwd=tmp_path, env=env, timeout=600)
         assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-3000:])
         outputs.append(result.stdout)
     with open(tmp_path / "runs" / "dev" / "metrics.csv") as handle:  # trained 10 epochs, resumed to 12

@@ -16,7 +16,7 @@ import numpy as np
 
 from segcore.config import AugmentConfig, S3Config
 from segcore.errors import InputError
-from segcore.storage import describe_error, filesystem, is_s3, join
+from segcore.storage import describe_error, filesystem, join, list_dir
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"
@@ -76,14 +76,13 @@ def patch_size(fs, path: str) -> tuple[int, int]:
     return decode_image(fs.cat_file(path), path).shape[:2]
 
 
-def _images_by_stem(fs, folder: str) -> dict[str, str]:
+def _images_by_stem(folder: str, s3: S3Config | None) -> dict[str, str]:
     try:
-        entries = fs.ls(folder, detail=False)
-    except (FileNotFoundError, PermissionError, OSError) as exc:
+        paths = list_dir(folder, s3)
+    except OSError as exc:
         raise InputError(describe_error(folder, exc)) from None
     found: dict[str, str] = {}
-    for entry in entries:
-        path = f"s3://{entry}" if is_s3(folder) and not entry.startswith("s3://") else entry
+    for path in paths:
         name = PurePosixPath(path)
         if name.name.startswith(".") or name.suffix.lower() not in IMAGE_SUFFIXES:
             continue  # .DS_Store, notes, manifests: not patches
@@ -106,7 +105,7 @@ def list_pairs(root: str, split: str, s3: S3Config | None = None) -> list[tuple[
             raise InputError(describe_error(folder, exc)) from None
         if not found:
             raise InputError(f"{folder}: missing (expected {root}/{{train,val,test}}/{{images,labels}}/)")
-    images, labels = (_images_by_stem(fs, folder) for folder in folders)
+    images, labels = (_images_by_stem(folder, s3) for folder in folders)
     for ours, other, folder in ((images, labels, folders[1]), (labels, images, folders[0])):
         lonely = sorted(set(ours) - set(other))
         if lonely:

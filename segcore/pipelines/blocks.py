@@ -1,17 +1,23 @@
-"""The segment pipeline's block rows and their CPU reader. Imports neither torch nor the model.
+"""The segment pipeline's CPU stages, around the inference actors: reading blocks, and writing their files.
+Imports neither torch nor the model, so their worker processes start in about 2 s (torchvision alone pulls
+in torch._dynamo) instead of competing with the inference actors' start for the same cores.
 
-The readers run in their own Ray worker processes; keeping this module free of torch (and torchvision,
-which pulls in torch._dynamo: about 6 s of imports on a 2-core machine) lets those processes start in
-about 2 s instead of competing with the inference actors' start for the same cores.
+A dataset row describes one block: its input, its `Block` fields as plain columns, its block file, and the
+preview scale. Each stage adds to the row; a failure becomes the row's `error` and the later stages pass the
+row on untouched, so one input's failure never stops the others.
 """
 from __future__ import annotations
 
 import dataclasses
+import time
+from typing import Optional
 
 import numpy as np
 
-from segcore.config import InputConfig, S3Config
+from segcore.config import HTTPConfig, InputConfig, S3Config
 from segcore.errors import InputError
+from segcore.outputs.blockfile import BlockResult, save_block
+from segcore.outputs.preview import thumbnail
 from segcore.raster.grid import Block
 from segcore.raster.io import open_raster, read_rgb
 from segcore.storage import describe_error
@@ -24,25 +30,65 @@ def block_of(row: dict) -> Block:
     return Block(**{name: int(row[name]) for name in BLOCK_FIELDS})
 
 
-def read_block(row: dict, input_cfg: InputConfig, s3: S3Config) -> dict:
-    """Ray Data map: read one block's window as uint8 RGB + valid mask; a failure becomes the row's error."""
-    try:
-        with open_raster(row["path"], s3) as dataset:
-            rgb, valid = read_rgb(dataset, block_of(row).read_window, input_cfg)
-        return dict(row, rgb=rgb, valid=valid, error="")
-    except Exception as exc:  # noqa: BLE001 - any failure of one input's read must not stop the others
-        message = str(exc) if isinstance(exc, InputError) else describe_error(row["path"], exc)
-        return dict(row, rgb=np.zeros((3, 0, 0), np.uint8), valid=np.zeros((0, 0), bool), error=message)
+def _failure(row: dict, exc: Exception, writing: bool) -> str:
+    if isinstance(exc, InputError):
+        return str(exc)
+    if writing:
+        return f"{row['path']}: block {row['index']}: {describe_error(str(row['dest']), exc)}"
+    return describe_error(str(row["path"]), exc)
 
 
 class BlockReader:
-    """Ray Data actor around `read_block`. A long-lived reader rather than one task per block: Ray ends
-    idle task workers within about a second, and reads come one per inference block (seconds apart), so
-    each read task started a fresh worker process (about 3 s of CPU to import Ray Data and rasterio),
-    which on a 16384^2 mosaic took a fifth of the CPU from inference."""
+    """Ray Data actor: one block's read window as uint8 RGB and a valid mask, plus the thumbnail of its core for
+    the preview. A long-lived actor rather than a task per block: Ray ends idle task workers within about a
+    second, and a fresh worker spends seconds of CPU importing Ray Data and rasterio."""
 
-    def __init__(self, input_cfg: InputConfig, s3: S3Config):
-        self.input_cfg, self.s3 = input_cfg, s3
+    def __init__(self, input_cfg: InputConfig, s3: S3Config, http: HTTPConfig):
+        self.input_cfg, self.s3, self.http = input_cfg, s3, http
 
     def __call__(self, row: dict) -> dict:
-        return read_block(row, self.input_cfg, self.s3)
+        started = time.process_time()
+        try:
+            block = block_of(row)
+            with open_raster(row["path"], self.s3, self.http) as dataset:
+                rgb, valid = read_rgb(dataset, block.read_window, self.input_cfg)
+            scale = float(row["preview_scale"])
+            small = thumbnail(block.crop(rgb), block, scale) if scale else np.zeros((3, 0, 0), np.uint8)
+            error = ""
+        except Exception as exc:  # noqa: BLE001 - any failure of one input's read must not stop the others
+            rgb, valid, small = np.zeros((3, 0, 0), np.uint8), np.zeros((0, 0), bool), np.zeros((3, 0, 0), np.uint8)
+            error = _failure(row, exc, writing=False)
+        return dict(row, rgb=rgb, valid=valid, thumbnail=small, error=error,
+                    read_cpu_s=time.process_time() - started)
+
+
+class BlockWriter:
+    """Ray Data actor: one block's results into its block file, with its building vectors when footprints are
+    written (polygonized here, in parallel, rather than in the mosaic's assembly)."""
+
+    def __init__(self, s3: S3Config, keep_probability: bool, polygons: bool):
+        self.s3, self.keep_probability, self.polygons = s3, keep_probability, polygons
+
+    def __call__(self, row: dict) -> dict:
+        started = time.process_time()
+        out = {name: value for name, value in row.items() if name not in ("mask", "probability", "thumbnail")}
+        if row["error"]:
+            return dict(out, write_cpu_s=0.0)
+        try:
+            block, mask = block_of(row), row["mask"]
+            probability: Optional[np.ndarray] = row["probability"] if row["probability"].size else None
+            vectors = None
+            if self.polygons:
+                from segcore.vectors.polygonize import (
+                    polygonize_block,  # shapely: only when footprints are on
+                )
+
+                vectors = polygonize_block(mask, probability, block, int(row["mosaic_width"]),
+                                           int(row["mosaic_height"])).to_bytes()
+            result = BlockResult(mask, int(row["tiles"]), int(row["skipped"]),
+                                 probability if self.keep_probability else None,
+                                 row["thumbnail"] if row["thumbnail"].size else None, vectors)
+            save_block(str(row["dest"]), result, self.s3)
+        except Exception as exc:  # noqa: BLE001 - e.g. a denied write: fail this input, not the run
+            out["error"] = _failure(row, exc, writing=True)
+        return dict(out, write_cpu_s=time.process_time() - started)

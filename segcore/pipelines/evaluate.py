@@ -21,7 +21,8 @@ from segcore.data.patches import SPLITS, PatchReader
 from segcore.errors import InputError
 from segcore.inference import pick_device
 from segcore.losses import build_loss
-from segcore.pipelines.raytrain import PATCH_BATCH, check_split, init_ray
+from segcore.pipelines import init_ray
+from segcore.pipelines.raytrain import PATCH_BATCH, check_split
 from segcore.storage import absolute
 from segcore.training import EpochStats, evaluate
 

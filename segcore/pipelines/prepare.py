@@ -13,26 +13,49 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import shutil
 import tempfile
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
-import ray
 import rasterio
+import ray
 from rasterio.windows import Window
 
 from segcore.config import Config, PrepareConfig
-from segcore.data.patches import MANIFEST, MANIFEST_COLUMNS, SPLITS, encode_image, encode_label, patch_name
+from segcore.data.patches import (
+    MANIFEST,
+    MANIFEST_COLUMNS,
+    SPLITS,
+    encode_image,
+    encode_label,
+    patch_name,
+)
 from segcore.errors import InputError
 from segcore.labels import Polygons, match_labels, open_labels
+from segcore.pipelines import init_ray
 from segcore.raster.grid import tile_starts
-from segcore.raster.io import check_imagery, check_readable, open_raster, raster_info, read_rgb
-from segcore.storage import absolute, describe_error, filesystem, is_s3, join, list_rasters, write_bytes
+from segcore.raster.io import (
+    check_imagery,
+    check_readable,
+    open_raster,
+    raster_info,
+    read_rgb,
+)
+from segcore.sources import expand
+from segcore.storage import (
+    absolute,
+    describe_error,
+    filesystem,
+    is_s3,
+    join,
+    write_bytes,
+)
 
 
 @dataclass(frozen=True)
@@ -104,10 +127,10 @@ def square_grid(square: Square, width: int, height: int, tile: int, overlap: int
     return [square.row + r for r in rows], [square.col + c for c in cols]
 
 
-def _patch_stem(path: str) -> str:
-    """The mosaic's name in its patch names: its file stem without leading dots, since readers of the
-    patch layout skip dot files (an image named `..tif` or `.city.tif` must not give hidden patches)."""
-    return PurePosixPath(path).stem.lstrip(".") or "mosaic"
+def _patch_stem(name: str) -> str:
+    """The mosaic's name in its patch names (its file stem, or its STAC Item's id) made safe: no separators,
+    no leading dots, since readers of the patch layout skip dot files (`..tif` must not give hidden patches)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip(".") or "mosaic"
 
 
 def _check_output(output: str, cfg: Config, overwrite: bool) -> None:
@@ -131,16 +154,17 @@ def plan_dataset(images: list[str], labels: list[str], output: str, cfg: Config,
                  overwrite: bool = False) -> DatasetPlan:
     """Check every input (each image and label opened) and the output, and plan the squares. Writes nothing."""
     started = time.perf_counter()
-    image_paths = [absolute(p) for p in list_rasters([str(p) for p in images], cfg.s3)]
-    label_paths = match_labels(image_paths, [absolute(str(p)) for p in labels], cfg.s3)
+    sources = expand([str(p) for p in images], cfg, fail_alone=False)
+    image_paths = [source.path for source in sources]
+    label_paths = match_labels(sources, [absolute(str(p)) for p in labels], cfg.s3)
     stems: dict[str, str] = {}
-    for path in image_paths:
-        other = stems.setdefault(_patch_stem(path), path)
-        if other != path:
-            raise InputError(f"{path}: has the same file stem as {other}, so their patch names would collide")
+    for source in sources:
+        other = stems.setdefault(_patch_stem(source.name), source.path)
+        if other != source.path:
+            raise InputError(f"{source.path}: has the same file stem as {other}, so their patch names would collide")
     sizes, empty = [], []
     for image, label in zip(image_paths, label_paths):
-        with open_raster(image, cfg.s3) as dataset:
+        with open_raster(image, cfg.s3, cfg.http) as dataset:
             info = raster_info(dataset, image)
             check_imagery(info, cfg.input)
             check_readable(dataset, image)
@@ -155,9 +179,9 @@ def plan_dataset(images: list[str], labels: list[str], output: str, cfg: Config,
     _check_output(output, cfg, overwrite)
 
     block, cells, splits = _split_squares(sizes, cfg.prepare)
-    jobs = tuple(MosaicJob(image, label, _patch_stem(image), w, h,
+    jobs = tuple(MosaicJob(source.path, label, _patch_stem(source.name), w, h,
                            tuple(Square(*cell[1:], split) for cell, split in zip(cells, splits) if cell[0] == m))
-                 for m, (image, label, (w, h)) in enumerate(zip(image_paths, label_paths, sizes)))
+                 for m, (source, label, (w, h)) in enumerate(zip(sources, label_paths, sizes)))
     return DatasetPlan(output, jobs, cfg, overwrite, started, block)
 
 
@@ -195,7 +219,7 @@ def _write_patches(job: MosaicJob, local: str, cfg: Config) -> tuple[list[dict],
     rows, skipped = [], 0
     # One GDAL environment for the whole mosaic, so rasterize() does not set up its own per call (with AWS
     # variables set, each would build a boto3 session).
-    with rasterio.Env(), open_raster(job.image, cfg.s3) as dataset:
+    with rasterio.Env(), open_raster(job.image, cfg.s3, cfg.http) as dataset:
         info = raster_info(dataset, job.image)
         with open_labels(job.label, info, cfg.s3) as labels:
             for square in job.squares:
@@ -303,6 +327,7 @@ def _wait_for_the_others(refs: list) -> None:
 
 def run_plan(plan: DatasetPlan) -> PrepareSummary:
     """Run a checked plan on the already initialised Ray and publish the dataset all at once."""
+    init_ray()
     output, cfg = plan.output, plan.cfg
     fs = filesystem(output, cfg.s3)
     if is_s3(output) and plan.overwrite and fs.exists(output):

@@ -15,7 +15,13 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    CheckpointConfig,
+    DataConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from segcore.config import Config
@@ -26,13 +32,6 @@ from segcore.storage import filesystem, is_s3
 from segcore.training import EpochStats
 
 PATCH_BATCH = 16  # patches decoded per Ray Data task
-
-
-def init_ray() -> None:
-    """Connect to the running cluster (ray job submit, RAY_ADDRESS) or start a local Ray, unless a caller
-    already did. Jobs call it after their input checks, so that bad input costs no Ray start."""
-    if not ray.is_initialized():
-        ray.init()
 
 
 def check_split(root: str, split: str, cfg: Config, tile_size: Optional[int] = None) -> tuple[list, int]:

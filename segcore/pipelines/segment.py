@@ -1,16 +1,21 @@
-"""City-scale building segmentation on Ray Data: mosaics in, one Cloud-Optimized GeoTIFF mask each out.
+"""City-scale building segmentation on Ray Data: mosaics in; per mosaic a COG mask, metrics, footprints and a
+preview out.
 
-1. Plan (driver, no Ray; `plan_segment`): load the checkpoint (a bad one is an InputError: nothing starts),
-   check the output is writable, expand the inputs and open and check each one (a bad one is recorded
-   as failed; the others go on), name its outputs, plan its blocks and find those an earlier run finished.
-2. Run (`run_segment`): a streaming dataset of the unfinished blocks. A pool of CPU reader actors reads
-   each block with its halo (`blocks.BlockReader`: torch-free, so they start fast); a pool of
-   `BlockSegmenter` actors runs `predict_block` on it, thresholds it and writes its core atomically to
-   OUT/.work/<key>-<hash>/block_<i>.npz. The file name depends only on the raster, the block and the
-   settings that change the output, so a rerun skips what is done.
-3. Assemble (driver, `raster.write.assemble`): when every block of an input is done, its block files are
-   streamed into OUT/<key>/mask.tif and the other outputs, mask.tif published last, so a mask that exists
-   is complete. An input's earlier outputs are deleted when the run starts. OUT/summary.json sums the run.
+1. Plan (driver, before Ray starts; `plan_segment`): load the checkpoint (a bad one is an InputError: nothing
+   starts), check the output is writable, expand the inputs (files, folders, globs, s3://, https://, STAC)
+   and open and check each one (a bad one is recorded as failed; the others go on), plan its blocks and find
+   those an earlier run finished.
+2. Stream (`run_segment`), one row per unfinished block, through stages sized separately:
+       read + decode   CPU actors (`blocks.BlockReader`), as many as the CPUs allow (segment.readers)
+       infer           inference actors (`BlockSegmenter`, one per GPU): forward passes, blending and
+                       thresholding on the device; compact uint8 results back
+       write           CPU actors (`blocks.BlockWriter`, segment.writers): the block file, with the block's
+                       building vectors when footprints are on
+   A block file's name depends only on the raster, the block and the settings that change it, so a rerun
+   skips what is done.
+3. Assemble: as soon as a mosaic's last block is written, a Ray task (`outputs.assemble.assemble_mosaic`)
+   streams its block files into its outputs, mask.tif last, while the stream goes on with the next mosaics.
+   The driver only orchestrates; OUT/summary.json sums the run.
 """
 from __future__ import annotations
 
@@ -18,11 +23,13 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import sys
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Optional
@@ -33,24 +40,38 @@ import torch
 from rasterio.errors import NotGeoreferencedWarning
 
 from segcore.checkpoint import load_model
-from segcore.config import Config, ConfigError, InputConfig
+from segcore.config import DEFAULT_THRESHOLD, Config, InputConfig
 from segcore.errors import InputError
 from segcore.inference import pick_device, predict_block, to_mask, to_probability_bytes
 from segcore.labels import match_labels, open_labels
-from segcore.config import DEFAULT_THRESHOLD
-from segcore.pipelines.blocks import BlockReader, block_of
-from segcore.raster.blend import crop_core
-from segcore.raster.grid import Block, plan_blocks
-from segcore.raster.io import RasterInfo, check_imagery, check_readable, open_raster, raster_info
-from segcore.raster.write import OUTPUT_FILES, assemble, block_file, save_block
-from segcore.storage import absolute, describe_error, filesystem, join, list_rasters, write_bytes
+from segcore.outputs.assemble import MosaicOutputs, assemble_mosaic, remove_outputs
+from segcore.outputs.blockfile import block_file
+from segcore.outputs.preview import preview_scale
+from segcore.pipelines import init_ray
+from segcore.pipelines.blocks import BlockReader, BlockWriter, block_of
+from segcore.raster.grid import Block, block_tiles, segment_blocks
+from segcore.raster.io import (
+    RasterInfo,
+    check_imagery,
+    check_readable,
+    open_raster,
+    raster_info,
+)
+from segcore.sources import expand
+from segcore.storage import (
+    absolute,
+    describe_error,
+    filesystem,
+    join,
+    list_dir,
+    write_bytes,
+)
 
 # A raster without a CRS gets one warning line from the planner, not one from rasterio per open.
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 WORK_DIR = ".work"
-BLOCK_FORMAT = "segcore-block/1"  # bump when the block files change meaning
-READ_CPUS = 0.5  # per block reader (up to one per inference actor): I/O and decompression, mostly
+BLOCK_FORMAT = "segcore-block/2"  # bump when the block files change meaning
 
 
 @dataclass
@@ -74,7 +95,7 @@ class SegmentPlan:
     checkpoint: str
     output: str
     threshold: float
-    settings: dict  # everything that changes the output; hashed into the work directory names
+    settings: dict  # everything that changes the block files; hashed into the work directory names
     jobs: list[InputJob]
     started: float = field(default_factory=time.perf_counter)
 
@@ -83,25 +104,24 @@ def _digest(data: object) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def input_keys(paths: list[str]) -> list[str]:
-    """Output folder names: file stems made safe (no separators, no leading dots), unique via a path hash."""
-    keys = [re.sub(r"[^A-Za-z0-9._-]+", "_", PurePosixPath(path).stem).strip("._") or "input" for path in paths]
+def input_keys(names: list[str]) -> list[str]:
+    """Output folder names from raster names (file stems or STAC Item ids): made safe (no separators, no leading
+    dots) and unique (a hash of the name's position where two collide)."""
+    keys = [re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "input" for name in names]
     counts = Counter(keys)
-    return [f"{key}-{hashlib.sha256(path.encode()).hexdigest()[:8]}" if counts[key] > 1 else key
-            for key, path in zip(keys, paths)]
+    return [f"{key}-{hashlib.sha256(f'{i}:{name}'.encode()).hexdigest()[:8]}" if counts[key] > 1 else key
+            for i, (key, name) in enumerate(zip(keys, names))]
 
 
 def _identity(path: str, cfg: Config) -> dict:
     """Size and modification stamp of a raster, so a changed file does not reuse stale blocks."""
-    info = filesystem(path, cfg.s3).info(path)
+    info = filesystem(path, cfg.s3, cfg.http).info(path)
     return {name: info.get(name) for name in ("size", "mtime", "ETag", "LastModified")}
 
 
 def _finished_blocks(work: str, cfg: Config) -> set[str]:
-    fs = filesystem(work, cfg.s3)
-    if not fs.exists(work):
-        return set()
-    return {PurePosixPath(entry).name for entry in fs.ls(work, detail=False)}
+    return {PurePosixPath(path).name for path in list_dir(work, cfg.s3)} if filesystem(work, cfg.s3).exists(
+        work) else set()
 
 
 def _effective_input(cfg: Config, stored: Optional[InputConfig]) -> InputConfig:
@@ -112,19 +132,20 @@ def _effective_input(cfg: Config, stored: Optional[InputConfig]) -> InputConfig:
 def _plan_input(job: InputJob, plan: SegmentPlan) -> None:
     """Open and check one input and fill in its blocks; raises InputError for a bad one."""
     cfg = plan.cfg
-    with open_raster(job.path, cfg.s3) as dataset:
+    with open_raster(job.path, cfg.s3, cfg.http) as dataset:
         job.info = raster_info(dataset, job.path)
         check_imagery(job.info, cfg.input)
         check_readable(dataset, job.path)
     if job.labels:
         open_labels(job.labels, job.info, cfg.s3).close()  # opening checks that the labels fit the image
     if not job.info.georeferenced:
-        print(f"warning: {job.path}: no georeference (CRS); its mask is written on the pixel grid without a CRS",
-              file=sys.stderr)
+        placed = "with its ground control points" if job.info.gcps else "on the pixel grid without a CRS"
+        print(f"warning: {job.path}: no georeference (CRS); its mask is written {placed}", file=sys.stderr)
     tag = _digest([plan.settings, job.path, _identity(job.path, cfg)])[:12]
     job.work = join(plan.output, WORK_DIR, f"{job.key}-{tag}")
     job.out = join(plan.output, job.key)
-    job.blocks = plan_blocks(job.info.width, job.info.height, cfg.segment.block_size, cfg.segment.overlap)
+    job.blocks = segment_blocks(job.info.width, job.info.height, cfg.segment.block_size, cfg.segment.tile_size,
+                                cfg.segment.overlap)
     done = _finished_blocks(job.work, cfg)
     job.todo = [block.index for block in job.blocks if block_file(block.index) not in done]
 
@@ -136,9 +157,6 @@ def plan_segment(inputs: list[str], checkpoint: str, output: str, cfg: Config,
     Raises InputError (nothing can start) for a bad checkpoint, an unwritable output or labels that do
     not pair with the inputs.
     """
-    if cfg.segment.polygon_format != "geojson":
-        raise ConfigError(f"config key 'segment.polygon_format' has value {cfg.segment.polygon_format!r}: "
-                          "only 'geojson' is supported (GeoPackage needs fiona or pyogrio, not installed)")
     started = time.perf_counter()
     checkpoint = absolute(str(checkpoint))
     loaded = load_model(checkpoint, cfg.model, cfg.s3)
@@ -146,32 +164,26 @@ def plan_segment(inputs: list[str], checkpoint: str, output: str, cfg: Config,
     threshold = next(t for t in (cfg.segment.threshold, loaded.threshold, DEFAULT_THRESHOLD) if t is not None)
     seg = cfg.segment
     settings = dict(format=BLOCK_FORMAT, checkpoint_sha256=loaded.checkpoint.sha256,
-                    model=dataclasses.asdict(loaded.model_cfg),
-        input=dataclasses.asdict(cfg.input), tile_size=seg.tile_size, overlap=seg.overlap, block_size=seg.block_size,
-        threshold=threshold, precision=seg.precision, gpu=seg.gpus_per_actor > 0,
-        write_probability=seg.write_probability)
+                    model=dataclasses.asdict(loaded.model_cfg), input=dataclasses.asdict(cfg.input),
+                    tile_size=seg.tile_size, overlap=seg.overlap, block_size=seg.block_size, threshold=threshold,
+                    precision=seg.precision, gpu=seg.gpus_per_actor > 0, write_probability=seg.write_probability,
+                    write_polygons=seg.write_polygons, preview_size=seg.preview_size)
     output = absolute(str(output)).rstrip("/")
     try:  # fail now, not after the compute, if the output cannot be written
         write_bytes(join(output, WORK_DIR, "settings.json"), json.dumps(settings, indent=1).encode(), cfg.s3)
     except OSError as exc:
         raise InputError(describe_error(output, exc)) from None
     plan = SegmentPlan(cfg, checkpoint, output, threshold, settings, [], started)
-
-    images: list[str] = []
-    for spec in inputs:
-        try:
-            images.extend(absolute(p) for p in list_rasters([absolute(str(spec))], cfg.s3))
-        except (InputError, OSError) as exc:
-            plan.jobs.append(InputJob(str(spec), error=str(exc) if isinstance(exc, InputError)
-                                      else describe_error(str(spec), exc)))
-    images = list(dict.fromkeys(images))
-    label_paths = match_labels(images, [absolute(str(p)) for p in labels], cfg.s3) if labels else [None] * len(images)
-    for path, key, label in zip(images, input_keys(images), label_paths):
-        job = InputJob(path, key, labels=label)
+    sources = expand(inputs, cfg, fail_alone=True)
+    good = [source for source in sources if not source.error]
+    label_paths = match_labels(good, [absolute(str(p)) for p in labels], cfg.s3) if labels else [None] * len(good)
+    plan.jobs = [InputJob(source.path, error=source.error) for source in sources if source.error]
+    for source, key, label in zip(good, input_keys([source.name for source in good]), label_paths):
+        job = InputJob(source.path, key, labels=label)
         try:
             _plan_input(job, plan)
         except (InputError, OSError) as exc:
-            job.error = str(exc) if isinstance(exc, InputError) else describe_error(path, exc)
+            job.error = str(exc) if isinstance(exc, InputError) else describe_error(job.path, exc)
         plan.jobs.append(job)
     for job in plan.jobs:
         if job.error:
@@ -180,79 +192,106 @@ def plan_segment(inputs: list[str], checkpoint: str, output: str, cfg: Config,
 
 
 class BlockSegmenter:
-    """Ray Data actor: loads the checkpoint once, then segments blocks and writes their block files."""
+    """Ray Data actor: loads the model once; then per block, on its device: forward passes, blending and
+    thresholding, returning the core's uint8 mask (and probability) for the writers."""
 
-    def __init__(self, checkpoint: str, cfg: Config, threshold: float):
+    def __init__(self, checkpoint: str, cfg: Config, threshold: float,
+                 model_factory: Optional[Callable[[], torch.nn.Module]] = None):
         self.cfg, self.threshold = cfg, threshold
         seg = cfg.segment
         self.device = pick_device(seg.gpus_per_actor)
         if self.device.type == "cpu":
             torch.set_num_threads(seg.torch_threads or max(1, int(seg.cpus_per_actor)))
-        model = load_model(checkpoint, cfg.model, cfg.s3).model.to(self.device)
-        if seg.channels_last:  # faster on CUDA, and with oneDNN on the CPU too (about 1.4x for RefineNet-ResNet18)
+        model = model_factory() if model_factory else load_model(checkpoint, cfg.model, cfg.s3).model
+        model = model.to(self.device)
+        if seg.channels_last:  # faster on CUDA, and with oneDNN on the CPU too
             model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model) if seg.compile else model
+        self.keep_probability = seg.write_probability or seg.write_polygons  # polygons carry a confidence
 
     def _segment(self, row: dict) -> dict:
         seg = self.cfg.segment
         started = time.perf_counter()
+        block = block_of(row)
+        tiles = block_tiles(block, int(row["mosaic_width"]), int(row["mosaic_height"]), seg.tile_size, seg.overlap)
         prediction = predict_block(self.model, row["rgb"], row["valid"], tile_size=seg.tile_size,
                                    overlap=seg.overlap, batch_size=seg.batch_size, device=self.device,
-                                   precision=seg.precision, channels_last=seg.channels_last)
-        block = block_of(row)
-        probability = crop_core(prediction.probability, block)
-        save_block(row["dest"], to_mask(probability, self.threshold),
-                   to_probability_bytes(probability) if seg.write_probability else None,
-                   prediction.tiles_computed, prediction.tiles_skipped, self.cfg.s3)
-        return dict(tiles=prediction.tiles_computed, pixels=block.width * block.height,
+                                   precision=seg.precision, channels_last=seg.channels_last, origins=tiles)
+        probability = block.crop(prediction.probability)
+        return dict(mask=to_mask(probability, self.threshold), tiles=prediction.tiles_computed,
+                    skipped=prediction.tiles_skipped, pixels=block.width * block.height,
+                    probability=to_probability_bytes(probability) if self.keep_probability else np.zeros(0, np.uint8),
                     seconds=time.perf_counter() - started)
 
     def __call__(self, batch: dict) -> dict:
-        out = {name: [] for name in ("input", "index", "error", "tiles", "pixels", "seconds")}
+        rows = []
         for i in range(len(batch["index"])):
-            row = {name: batch[name][i] for name in batch}
-            result = dict(tiles=0, pixels=0, seconds=0.0)
-            error = str(row["error"])
-            if not error:
+            row = {name: batch[name][i] for name in batch if name not in ("rgb", "valid")}
+            result = dict(mask=np.zeros((0, 0), np.uint8), probability=np.zeros(0, np.uint8), tiles=0, skipped=0,
+                          pixels=0, seconds=0.0)
+            if not row["error"]:
                 try:
-                    result = self._segment(row)
-                except Exception as exc:  # noqa: BLE001 - e.g. a denied write: fail this input, not the run
-                    error = str(exc) if isinstance(exc, InputError) else \
-                        f"{row['path']}: block {row['index']}: {describe_error(str(row['dest']), exc)}"
-            for name, value in dict(result, input=int(row["input"]), index=int(row["index"]), error=error).items():
-                out[name].append(value)
-        return {name: np.array(values) for name, values in out.items()}
+                    result = self._segment({**row, "rgb": batch["rgb"][i], "valid": batch["valid"][i]})
+                except Exception as exc:  # noqa: BLE001 - fail this input, not the run
+                    row["error"] = str(exc) if isinstance(exc, InputError) else describe_error(str(row["path"]), exc)
+            rows.append({**row, **result})
+        return {name: _column([row[name] for row in rows]) for name in rows[0]}
+
+
+def _column(values: list) -> np.ndarray:
+    """A batch column: arrays of one shape stack; of several shapes, an object column (numpy can't stack them)."""
+    if all(isinstance(value, np.ndarray) for value in values):
+        if len({value.shape for value in values}) == 1:
+            return np.stack(values)
+        column = np.empty(len(values), object)
+        column[:] = values
+        return column
+    return np.array(values)
 
 
 def _descriptors(plan: SegmentPlan) -> list[dict]:
-    """One plain row per block to compute: its input, its Block fields and its block file."""
-    return [dict(input=number, path=job.path, dest=join(job.work, block_file(index)),
-                 **dataclasses.asdict(job.blocks[index]))
-            for number, job in enumerate(plan.jobs) for index in job.todo]
-
-
-def _dataset(plan: SegmentPlan, items: list[dict]):
+    """One plain row per block to compute: its input, its Block fields, its block file and its preview scale."""
     seg = plan.cfg.segment
+    rows = []
+    for number, job in enumerate(plan.jobs):
+        if job.error:
+            continue
+        assert job.info is not None
+        scale = preview_scale(job.info.width, job.info.height, seg.preview_size) if seg.preview_size else 0.0
+        rows += [dict(input=number, path=job.path, dest=join(job.work, block_file(index)), error="",
+                      mosaic_width=job.info.width, mosaic_height=job.info.height, preview_scale=scale,
+                      **dataclasses.asdict(job.blocks[index])) for index in job.todo]
+    return rows
+
+
+def _pool_size(setting: int, cpus_each: float, reserved: float) -> int:
+    """`setting`, or with 0 as many actors of `cpus_each` CPUs as the cluster's CPUs beyond `reserved` hold."""
+    if setting:
+        return setting
+    spare = ray.cluster_resources().get("CPU", 1.0) - reserved
+    return max(1, math.floor(spare / cpus_each))
+
+
+def _dataset(plan: SegmentPlan, items: list[dict], model_factory: Optional[Callable] = None):
+    cfg = plan.cfg
+    seg = cfg.segment
+    inference_cpus = seg.actors * seg.cpus_per_actor
+    readers = _pool_size(seg.readers, seg.cpus_per_reader, inference_cpus)
+    writers = _pool_size(seg.writers, seg.cpus_per_writer, inference_cpus)
     return (ray.data.from_items(items, override_num_blocks=len(items))
-            .map(BlockReader, fn_constructor_kwargs=dict(input_cfg=plan.cfg.input, s3=plan.cfg.s3), num_cpus=READ_CPUS,
-                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=seg.actors))
-            .map_batches(BlockSegmenter, fn_constructor_kwargs=dict(checkpoint=plan.checkpoint, cfg=plan.cfg,
-                                                                    threshold=plan.threshold),
-                         batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=seg.actors),
-                         num_cpus=seg.cpus_per_actor, num_gpus=seg.gpus_per_actor))
-
-
-def _remove_outputs(job: InputJob, cfg: Config) -> None:
-    """Delete an input's previous final outputs, so that a mask which exists is always this run's, complete."""
-    fs = filesystem(job.out, cfg.s3)
-    for name in OUTPUT_FILES:
-        path = join(job.out, name)
-        if fs.exists(path):
-            fs.rm(path)
+            .map(BlockReader, fn_constructor_kwargs=dict(input_cfg=cfg.input, s3=cfg.s3, http=cfg.http),
+                 num_cpus=seg.cpus_per_reader, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=readers))
+            .map_batches(BlockSegmenter, fn_constructor_kwargs=dict(
+                checkpoint=plan.checkpoint, cfg=cfg, threshold=plan.threshold, model_factory=model_factory),
+                batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=seg.actors),
+                num_cpus=seg.cpus_per_actor, num_gpus=seg.gpus_per_actor)
+            .map(BlockWriter, fn_constructor_kwargs=dict(s3=cfg.s3, keep_probability=seg.write_probability,
+                                                         polygons=seg.write_polygons),
+                 num_cpus=seg.cpus_per_writer, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=writers)))
 
 
 def _run_metrics(job: InputJob, plan: SegmentPlan, run: Counter) -> dict:
-    """What this run did for an input: blocks computed and reused, and the actors' throughput on them."""
+    """What this run did for an input: blocks computed and reused, and the inference actors' rate on them."""
     seconds = run["seconds"]
     return dict(input=job.path, key=job.key, output=job.out, threshold=plan.threshold,
                 blocks=dict(total=len(job.blocks), computed=run["blocks"], reused=len(job.blocks) - run["blocks"]),
@@ -267,39 +306,72 @@ def _report(metrics: dict) -> str:
             f"({metrics['tiles']['skipped_nodata']} nodata skipped), {metrics['building_count']} buildings")
     if "iou" in metrics:
         text += f", IoU {metrics['iou']:.3f} F1 {metrics['f1']:.3f}"
+    if "objects" in metrics:
+        text += f", object F1 {metrics['objects']['f1']:.3f}"
     return text + f" -> {metrics['output']}/mask.tif"
 
 
-def run_segment(plan: SegmentPlan) -> dict:
-    """Segment every planned input on the already initialised Ray; writes OUT/summary.json and returns it."""
+class _Assemblies:
+    """The mosaics' assembly tasks: started as each mosaic's last block is written, collected as they end."""
+
+    def __init__(self, plan: SegmentPlan):
+        self.plan = plan
+        self.task = ray.remote(assemble_mosaic).options(num_cpus=plan.cfg.segment.cpus_per_assembly)
+        self.running: dict = {}  # ObjectRef -> job number
+        self.results: dict[int, dict] = {}
+
+    def start(self, number: int, run: Counter) -> None:
+        job = self.plan.jobs[number]
+        assert job.info is not None
+        mosaic = MosaicOutputs(job.info, job.key, tuple(job.blocks), job.work, job.out, job.labels,
+                               _run_metrics(job, self.plan, run))
+        self.running[self.task.remote(mosaic, self.plan.cfg)] = number
+
+    def collect(self, wait: bool = False) -> None:
+        if not self.running:
+            return
+        done, _ = ray.wait(list(self.running), num_returns=len(self.running) if wait else 1,
+                           timeout=None if wait else 0)
+        for ref in done:
+            number = self.running.pop(ref)
+            job = self.plan.jobs[number]
+            try:
+                self.results[number] = ray.get(ref)
+                print(_report(self.results[number]), flush=True)
+            except ray.exceptions.RayTaskError as exc:  # one input's failed assembly must not stop the others
+                cause = exc.cause
+                job.error = str(cause) if isinstance(cause, InputError) else describe_error(
+                    job.out, cause if isinstance(cause, BaseException) else exc)
+                # Outputs published before the failure (prob.tif, footprints, ...) are a partial set. Removing
+                # them may fail too when the output store is what failed: the next run deletes them then.
+                with contextlib.suppress(Exception):
+                    remove_outputs(_outputs(job), self.plan.cfg)
+                print(f"error: {job.error}", file=sys.stderr, flush=True)
+
+
+def _outputs(job: InputJob) -> MosaicOutputs:
+    assert job.info is not None
+    return MosaicOutputs(job.info, job.key, tuple(job.blocks), job.work, job.out, job.labels)
+
+
+def run_segment(plan: SegmentPlan, model_factory: Optional[Callable[[], torch.nn.Module]] = None) -> dict:
+    """Segment every planned input (on the running Ray, else a local one); writes OUT/summary.json, returns it.
+
+    `model_factory` replaces the checkpoint's model in the inference actors: for benchmarks' stand-ins only
+    (the summary then names it, so its outputs cannot be taken for a model's).
+    """
+    init_ray()
     cfg = plan.cfg
     runs = {n: Counter(blocks=0, tiles=0, pixels=0, seconds=0.0) for n in range(len(plan.jobs))}
     pending = {n: len(job.todo) for n, job in enumerate(plan.jobs) if not job.error}
-    results: dict[int, dict] = {}
-
-    def finish(number: int) -> None:
-        job = plan.jobs[number]
-        if not job.error:
-            try:
-                results[number] = assemble(job.info, job.blocks, job.work, job.out, plan.cfg, labels=job.labels,
-                                           metrics=_run_metrics(job, plan, runs[number]))
-                print(_report(results[number]), flush=True)
-            except Exception as exc:  # noqa: BLE001 - one input's failed assembly must not stop the others
-                job.error = str(exc) if isinstance(exc, InputError) else describe_error(job.out, exc)
-                # Outputs published before the failure (prob.tif, polygons, ...) are a partial set. Removing them
-                # may fail too when the output store is what failed: the next run deletes them then.
-                with contextlib.suppress(Exception):
-                    _remove_outputs(job, cfg)
-        if job.error:
-            print(f"error: {job.error}", file=sys.stderr, flush=True)
-
+    assemblies = _Assemblies(plan)
     for number in pending:
-        _remove_outputs(plan.jobs[number], cfg)
+        remove_outputs(_outputs(plan.jobs[number]), cfg)
     for number in [n for n, count in pending.items() if count == 0]:
-        finish(number)
+        assemblies.start(number, runs[number])
     items = _descriptors(plan)
     try:
-        for row in (_dataset(plan, items).iter_rows() if items else ()):
+        for row in (_dataset(plan, items, model_factory).iter_rows() if items else ()):
             number = int(row["input"])
             job = plan.jobs[number]
             if not row["error"]:
@@ -307,16 +379,23 @@ def run_segment(plan: SegmentPlan) -> dict:
                                     seconds=float(row["seconds"]))
             elif not job.error:
                 job.error = str(row["error"])
+                print(f"error: {job.error}", file=sys.stderr, flush=True)
             pending[number] -= 1
-            if pending[number] == 0:
-                finish(number)
+            if pending[number] == 0 and not job.error:
+                assemblies.start(number, runs[number])
+            assemblies.collect()
     except Exception as exc:  # noqa: BLE001 - the pipeline itself failed: every unfinished input failed with it
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         for number, count in pending.items():
             if count > 0 and not plan.jobs[number].error:
                 plan.jobs[number].error = f"{plan.jobs[number].path}: segmentation pipeline failed ({reason})"
                 print(f"error: {plan.jobs[number].error}", file=sys.stderr, flush=True)
+    assemblies.collect(wait=True)
+    return _summary(plan, runs, assemblies.results, model_factory)
 
+
+def _summary(plan: SegmentPlan, runs: dict[int, Counter], results: dict[int, dict],
+             model_factory: Optional[Callable]) -> dict:
     seconds = time.perf_counter() - plan.started
     tiles = sum(run["tiles"] for run in runs.values())
     pixels = sum(run["pixels"] for run in runs.values())
@@ -328,9 +407,11 @@ def run_segment(plan: SegmentPlan) -> dict:
                    inputs=[dict(input=job.path, key=job.key, status="failed", error=job.error) if job.error else
                            dict(input=job.path, key=job.key, status="ok", metrics=results.get(n))
                            for n, job in enumerate(plan.jobs)])
-    text = json.dumps(summary, indent=1).encode()
+    if model_factory is not None:
+        summary["stand_in_model"] = getattr(model_factory, "__qualname__", repr(model_factory))
     try:
-        write_bytes(join(plan.output, "summary.json"), text, cfg.s3)
+        write_bytes(join(plan.output, "summary.json"), json.dumps(summary, indent=1).encode(), plan.cfg.s3)
     except Exception as exc:  # noqa: BLE001 - e.g. a full disk: one line (after the inputs' own), not a traceback
         raise InputError(describe_error(join(plan.output, "summary.json"), exc)) from None
     return summary
+

@@ -30,10 +30,10 @@ from segcore.config import Config, config_from_dict, load_config
 from segcore.errors import InputError
 from segcore.losses import build_loss
 from segcore.model import build_model
+from segcore.pipelines import init_ray
 from segcore.pipelines.raytrain import (
     all_reduce,
     check_split,
-    init_ray,
     make_trainer,
     patch_dataset,
     unwrap,

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
-
-from segcore.raster.grid import Block
 
 EDGE_FLOOR = 1e-3  # weight of a tile's outermost pixels, relative to its middle
 
@@ -42,8 +39,3 @@ def accumulate(total: torch.Tensor, weights: torch.Tensor, probs: torch.Tensor, 
     for (row, col), tile in zip(origins, weighted):
         total[row:row + size, col:col + size] += tile
         weights[row:row + size, col:col + size] += window
-
-
-def crop_core(array: np.ndarray, block: Block) -> np.ndarray:
-    """The block's core from an array covering its read window (the last two axes are rows, columns)."""
-    return array[..., block.halo_top:block.halo_top + block.height, block.halo_left:block.halo_left + block.width]

@@ -23,7 +23,14 @@ from rasterio.windows import Window
 
 from segcore.config import HTTPConfig, InputConfig, S3Config
 from segcore.errors import InputError
-from segcore.storage import ca_bundle, describe_error, display_url, filesystem, is_http, is_s3
+from segcore.storage import (
+    ca_bundle,
+    describe_error,
+    display_url,
+    filesystem,
+    is_http,
+    is_s3,
+)
 
 
 @dataclass(frozen=True)

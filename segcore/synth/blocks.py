@@ -16,9 +16,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segcore.synth.geometry import apply, blob, distance_to_segments, rect, rotate, snap, translate
+from segcore.synth.geometry import (
+    apply,
+    blob,
+    distance_to_segments,
+    rect,
+    rotate,
+    snap,
+    translate,
+)
 from segcore.synth.palette import (
-    ASPHALT, CAR_COLOURS, CONCRETE, PARK_GRASS, ROOF_COLOURS, SOIL_COLOURS, TREE_COLOURS, WATER, Colour, jitter,
+    ASPHALT,
+    CAR_COLOURS,
+    CONCRETE,
+    PARK_GRASS,
+    ROOF_COLOURS,
+    SOIL_COLOURS,
+    TREE_COLOURS,
+    WATER,
+    Colour,
+    jitter,
 )
 
 # Buildings (16..120 px = 8..60 m).

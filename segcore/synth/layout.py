@@ -18,7 +18,14 @@ import numpy as np
 
 from segcore.synth.blocks import CAR_LENGTH, CAR_WIDTH, Building, Scenery, fill_block
 from segcore.synth.geometry import Shapes, apply, rect, rotate, translate
-from segcore.synth.palette import ASPHALT, CAR_COLOURS, RIVER_BANK_GREEN, SIDEWALK, WATER, jitter
+from segcore.synth.palette import (
+    ASPHALT,
+    CAR_COLOURS,
+    RIVER_BANK_GREEN,
+    SIDEWALK,
+    WATER,
+    jitter,
+)
 
 # Street grid.
 ROAD_SPACING = (170.0, 360.0)      # centre-line distance of parallel roads

@@ -12,7 +12,13 @@ from rasterio.features import rasterize
 from rasterio.transform import Affine
 
 from segcore.synth.geometry import SUBPIXEL, Shapes
-from segcore.synth.layout import SHADOW_RATIO, TREE_HEIGHT_PER_RADIUS, Building, CityPlan, Field
+from segcore.synth.layout import (
+    SHADOW_RATIO,
+    TREE_HEIGHT_PER_RADIUS,
+    Building,
+    CityPlan,
+    Field,
+)
 from segcore.synth.palette import DRY_GRASS, GRASS, MARKING, SHADOW_TINT
 
 # Strips are rendered and written STRIP_ROWS rows at a time and the sensor noise of strip k is

@@ -41,7 +41,7 @@ def run_blocks(mask: np.ndarray, probability: np.ndarray | None, block_size: int
                shuffle_seed: int | None = None) -> Buildings:
     """Polygonize a mosaic block by block (through to_bytes/from_bytes), merging seams; all buildings."""
     height, width = mask.shape
-    blocks = plan_blocks(width, height, block_size, 0)
+    blocks = plan_blocks(width, height, block_size)
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(blocks)
     merger, found = FragmentMerger(), []

@@ -27,7 +27,7 @@ def _stream(mask, probability, block_size, *, truths=None, truth_mask=None, cfg=
             threshold=0.5, held=None) -> ObjectCounts:
     """Object counts of a predicted mask against truths, fed block by block in row-major order."""
     height, width = mask.shape
-    blocks = plan_blocks(width, height, block_size, 0)
+    blocks = plan_blocks(width, height, block_size)
     reach = reach_px(cfg, frame) if cfg else 0.0
     merger, evaluator = FragmentMerger(), ObjectEvaluator(blocks, truths, iou_threshold=threshold, reach=reach)
     for block in blocks:
@@ -58,7 +58,7 @@ def test_the_sample_citys_labels_against_themselves_score_one(city):
     # The GeoJSON footprints against themselves, as predictions of one block.
     info = inspect_raster(str(city.image))
     truths = read_truth_polygons(str(city.buildings), info)
-    blocks = plan_blocks(info.width, info.height, 4096, 0)
+    blocks = plan_blocks(info.width, info.height, 4096)
     evaluator = ObjectEvaluator(blocks, truths)
     n = len(truths.geometry)
     predicted = Buildings(truths.geometry, np.arange(n), np.ones(n, np.int64), None, np.zeros(n, np.int64))

@@ -39,7 +39,7 @@ def test_generated_city_every_block_size_gives_the_same_buildings(city):
     for block_size in (128, 384):
         assert canonical(run_blocks(mask, None, block_size)) == canonical(whole)
         height, width = mask.shape
-        for block in plan_blocks(width, height, block_size, 0):
+        for block in plan_blocks(width, height, block_size):
             core = mask[block.row:block.row + block.height, block.col:block.col + block.width]
             straddling += len(polygonize_block(core, None, block, width, height).fragments)
     assert straddling > 30  # buildings do straddle the seams
@@ -74,7 +74,7 @@ def test_ids_are_the_raster_index_of_each_buildings_first_pixel():
     buildings = run_blocks(mask, None, 4)
     assert sorted(buildings.id.tolist()) == [1 * 12 + 3, 4 * 12 + 0, 6 * 12 + 11]
     first = {int(i): int(b) for i, b in zip(buildings.id, buildings.block, strict=True)}
-    blocks = {b.index: b for b in plan_blocks(12, 10, 4, 0)}
+    blocks = {b.index: b for b in plan_blocks(12, 10, 4)}
     for index, block in first.items():  # the source block holds the first pixel
         row, col = divmod(index, 12)
         assert blocks[block].row <= row < blocks[block].row + 4 and blocks[block].col <= col < blocks[block].col + 4
@@ -127,7 +127,7 @@ def test_block_vectors_of_another_format_are_refused():
 
 def test_a_missing_block_is_reported_and_its_neighbours_fragments_stay_pending():
     mask = np.ones((4, 8), np.uint8)
-    blocks = plan_blocks(8, 4, 4, 0)
+    blocks = plan_blocks(8, 4, 4)
     merger = FragmentMerger()
     finished = merger.add(polygonize_block(mask[:, :4], None, blocks[0], 8, 4))
     assert len(finished) == 0
@@ -155,7 +155,7 @@ def test_row_major_merging_holds_about_one_row_of_blocks_fragments(city):
     mask = read_mask(city.labels)
     height, width = mask.shape
     merger, pending, total = FragmentMerger(), [], 0
-    for block in plan_blocks(width, height, 128, 0):  # 8 rows of 10 blocks
+    for block in plan_blocks(width, height, 128):  # 8 rows of 10 blocks
         core = mask[block.row:block.row + block.height, block.col:block.col + block.width]
         vectors = polygonize_block(core, None, block, width, height)
         total += len(vectors.fragments)

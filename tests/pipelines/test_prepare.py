@@ -1,5 +1,4 @@
 """Patch datasets from city mosaics: layout, spatial split, fidelity to the source, S3, bad input."""
-import csv
 import json
 import subprocess
 import sys
@@ -14,12 +13,12 @@ from rasterio.windows import Window
 from segcore.config import load_config
 from segcore.data.patches import MANIFEST_COLUMNS, SPLITS, decode_image, decode_label, list_pairs
 from segcore.errors import InputError
-from segcore.labels import match_labels
 from segcore.pipelines.prepare import Square, assign_splits, plan_dataset, prepare_dataset, run_plan, square_grid
 from segcore.raster.grid import tile_windows
 from segcore.storage import filesystem
 from segcore.synth import generate_city
 from tests.conftest import REPO
+from tests.helpers import leftovers, manifest
 
 SMALL = ["prepare.tile_size=128", "prepare.split_block=512"]
 
@@ -28,24 +27,15 @@ def config(*overrides):
     return load_config(None, [*SMALL, *overrides])
 
 
-def manifest(root: Path) -> list[dict]:
-    with open(root / "manifest.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def source_window(path, row: int, col: int, tile: int) -> np.ndarray:
     """(bands, tile, tile) of the source at (row, col), zero-padded past its edges."""
     with rasterio.open(path) as src:
         return src.read(window=Window(col, row, tile, tile), boundless=True, fill_value=0)
 
 
-def leftovers(out: Path) -> list[Path]:
-    return sorted(out.parent.glob(out.name + "*"))
-
-
 @pytest.fixture(scope="module")
-def city(tmp_path_factory):
-    return generate_city(tmp_path_factory.mktemp("city"), 1000, 700, seed=0)
+def city(cities):
+    return cities(1000, 700)
 
 
 @pytest.fixture(scope="module")
@@ -308,19 +298,6 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path):
 
 
 # --- planning, without Ray -------------------------------------------------------------------------------
-
-def test_label_directory_is_matched_by_stem(tmp_path):
-    (tmp_path / "labels").mkdir()
-    for name in ("east.geojson", "west.tif", "readme.txt"):
-        (tmp_path / "labels" / name).write_text("x")
-    images = [str(tmp_path / "img" / "west.tif"), str(tmp_path / "img" / "east.tif")]
-    assert match_labels(images, [str(tmp_path / "labels")]) == [str(tmp_path / "labels" / "west.tif"),
-                                                                str(tmp_path / "labels" / "east.geojson")]
-    with pytest.raises(InputError, match="north.tif: no label file with stem 'north'"):
-        match_labels([str(tmp_path / "north.tif")], [str(tmp_path / "labels")])
-    with pytest.raises(InputError, match="1 label file.* for 2 image"):
-        match_labels(images, [str(tmp_path / "labels" / "west.tif")])
-
 
 def test_split_shares_follow_the_ratios_and_the_seed():
     cfg = load_config(None).prepare

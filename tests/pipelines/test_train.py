@@ -11,43 +11,16 @@ import pytest
 import torch
 
 from segcore.checkpoint import read_checkpoint
-from segcore.config import load_config
 from segcore.errors import InputError
 from segcore.training import TrainHooks
+from tests.helpers import TILE, small_config
+from tests.inputs import write_patch_set
 
-TILE = 64
-
-
-def write_patch_set(root, counts=(("train", 24), ("val", 8), ("test", 8)), tile=TILE, seed=0):
-    """Bright rectangles ("roofs") on a noisy green-grey background, and their 0/255 masks."""
-    rng = np.random.default_rng(seed)
-    for split, count in counts:
-        (root / split / "images").mkdir(parents=True, exist_ok=True)
-        (root / split / "labels").mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            image = rng.normal((90, 110, 80), 12, (tile, tile, 3))
-            mask = np.zeros((tile, tile), np.uint8)
-            for _ in range(rng.integers(1, 4)):
-                y, x = rng.integers(0, tile - 16, 2)
-                h, w = rng.integers(8, 24, 2)
-                mask[y:y + h, x:x + w] = 255
-            image[mask > 0] = rng.normal((200, 120, 100), 10, (int((mask > 0).sum()), 3))
-            cv2.imwrite(str(root / split / "images" / f"p{i:03d}.png"), np.clip(image, 0, 255).astype(np.uint8)[..., ::-1])
-            cv2.imwrite(str(root / split / "labels" / f"p{i:03d}.png"), mask)
-    return root
 
 
 @pytest.fixture(scope="module")
 def patch_root(tmp_path_factory):
     return write_patch_set(tmp_path_factory.mktemp("patches"))
-
-
-def small_config(root, run_dir, *extra):
-    return load_config(None, [
-        "model.backbone=resnet18", "model.decoder_width=16", f"train.tile_size={TILE}", "train.batch_size=4",
-        "train.lr=3e-3", "train.num_workers=2", "train.cpus_per_worker=0.5", "train.use_gpu=false",
-        "train.precision=fp32", "train.scheduler=cosine", f"train.data_root={root}", f"train.run_dir={run_dir}",
-        *extra])
 
 
 def read_history(run_dir):

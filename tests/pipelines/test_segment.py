@@ -2,9 +2,6 @@
 resume, and bad inputs failing alone. A random-weights resnet18/16 RefineNet on 64-pixel tiles keeps it fast."""
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import io
 import json
 import shutil
 import subprocess
@@ -18,21 +15,26 @@ import torch
 from affine import Affine
 from rasterio.features import rasterize
 
-from segcore.checkpoint import Checkpoint
-from segcore.config import ConfigError, InputConfig, ModelConfig, load_config
+from segcore.config import ConfigError, load_config
 from segcore.metrics import ConfusionCounts
 from segcore.errors import InputError
-from segcore.inference import tile_origins
 from segcore.model import build_model
-from segcore.pipelines.segment import input_keys, plan_segment, run_segment
-from segcore.raster.grid import plan_blocks
+from segcore.pipelines.segment import input_keys, plan_segment
+from segcore.raster.grid import block_tiles, segment_blocks
+from segcore.sources import stem
 from segcore.storage import filesystem
-from segcore.synth import generate_city
+from tests import helpers
 from tests.conftest import REPO, write_geotiff
+from tests.helpers import by_key
+from tests.inputs import THRESHOLD
 
 SEGMENT = ("segment.tile_size=64", "segment.overlap=16", "segment.block_size=192", "segment.batch_size=16",
            "segment.preview_size=200")
-THRESHOLD = 0.493  # about the median probability of the random-weights model on the sample city
+
+
+# Footprints as the mask's own pixel outlines, in GeoJSON: they burn back into exactly the mask.
+RAW_POLYGONS = ("segment.write_polygons=true", "polygons.format=geojson", "polygons.simplify_px=0",
+                "polygons.min_area_m2=0", "polygons.fill_holes_m2=0")
 
 
 def config(*overrides: str):
@@ -40,32 +42,17 @@ def config(*overrides: str):
 
 
 def segment(inputs, output, checkpoint, *overrides, labels=()) -> tuple[dict, str]:
-    """Plan and run; returns the summary and everything printed to stderr."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        plan = plan_segment([str(p) for p in inputs], checkpoint, str(output), config(*overrides),
-                            [str(p) for p in labels])
-        summary = run_segment(plan)
-    return summary, err.getvalue()
-
-
-def by_key(summary: dict) -> dict:
-    return {entry["key"]: entry for entry in summary["inputs"]}
+    return helpers.segment(inputs, output, checkpoint, config(*overrides), labels=labels)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    model_cfg = ModelConfig(backbone="resnet18", decoder_width=16)
-    model = build_model(**dataclasses.asdict(model_cfg))
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    Checkpoint(model_cfg, InputConfig(), model.state_dict(), threshold=THRESHOLD).save(str(path))
-    return str(path)
+def checkpoint(tiny_checkpoint) -> str:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
-def city(tmp_path_factory):
-    return generate_city(tmp_path_factory.mktemp("city"), 517, 389, seed=0)
+def city(cities):
+    return cities(517, 389)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +89,7 @@ def images(folder: Path) -> list[Path]:
 def first_run(inputs, checkpoint, ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
     summary, err = segment(images(inputs), out, checkpoint, "segment.write_probability=true",
-                           "segment.write_polygons=true", labels=[inputs / "labels"])
+                           *RAW_POLYGONS, labels=[inputs / "labels"])
     return out, summary, err
 
 
@@ -135,11 +122,11 @@ def test_nodata_is_255_and_its_tiles_are_not_computed(first_run, inputs):
         assert np.array_equal(mask.read(1) == 255, nodata)
     valid = ~nodata
     skipped = total = 0
-    for block in plan_blocks(320, 256, 192, 16):
+    for block in segment_blocks(320, 256, 192, 64, 16):
         read = block.read_window
         rows = slice(int(read.row_off), int(read.row_off + read.height))
         cols = slice(int(read.col_off), int(read.col_off + read.width))
-        origins = tile_origins(read.height, read.width, 64, 16)
+        origins = block_tiles(block, 320, 256, 64, 16)
         total += len(origins)
         skipped += sum(not valid[rows, cols][r:r + 64, c:c + 64].any() for r, c in origins)
     metrics = json.loads((out / "city" / "metrics.json").read_text())
@@ -263,7 +250,7 @@ def rerun(first_run, inputs, checkpoint, s3_server, tmp_path_factory):
     (out / "corrupt").mkdir()
     (out / "corrupt" / "mask.tif").write_bytes(b"a complete-looking mask from an earlier run")
     specs = [*images(inputs), bad, bad / "nope.tif", "s3://segcore-no-such-bucket/town.tif"]
-    summary, err = segment(specs, out, checkpoint, "segment.write_probability=true", "segment.write_polygons=true",
+    summary, err = segment(specs, out, checkpoint, "segment.write_probability=true", *RAW_POLYGONS,
                            f"s3.endpoint_url={s3_server}")
     return out, summary, err
 
@@ -302,9 +289,8 @@ def test_bad_checkpoint_or_output_stops_before_anything_runs(checkpoint, inputs,
     torch.save(build_model("refinenet", "resnet18", 16, False).state_dict(), fork)  # config says resnet50
     with pytest.raises(InputError, match=f"{fork}: "):
         plan_segment([str(inputs / "tiny.tif")], str(fork), str(tmp_path / "out"), config())
-    with pytest.raises(ConfigError, match="polygon_format"):
-        plan_segment([str(inputs / "tiny.tif")], checkpoint, str(tmp_path / "out"),
-                     config("segment.polygon_format=gpkg"))
+    with pytest.raises(ConfigError, match="polygons.format"):
+        plan_segment([str(inputs / "tiny.tif")], checkpoint, str(tmp_path / "out"), config("polygons.format=shp"))
     with pytest.raises(InputError, match="segcore-no-such-bucket"):
         plan_segment([str(inputs / "tiny.tif")], checkpoint, "s3://segcore-no-such-bucket/out",
                      config(f"s3.endpoint_url={s3_server}"))
@@ -324,7 +310,9 @@ def test_cli_bad_checkpoint_exits_2_with_one_line(inputs, tmp_path):
 
 
 def test_input_keys_are_safe_and_unique():
-    keys = input_keys(["/a/city.tif", "/b/city.tif", "/c/../..tif", "s3://x/we ird/n a/me.tif", "/d/.hidden.tif"])
+    paths = ["/a/city.tif", "/b/city.tif", "/c/../..tif", "s3://x/we ird/n a/me.tif", "/d/.hidden.tif",
+             "https://host/scenes/tile 7.tif?X-Amz-Signature=secret&sig=1"]
+    keys = input_keys([stem(path) for path in paths] + ["LC08/2023-05-01 item"])
     assert keys[0] != keys[1] and keys[0].startswith("city-") and keys[1].startswith("city-")
-    assert keys[2:] == ["input", "me", "hidden"]
+    assert keys[2:] == ["input", "me", "hidden", "tile_7", "LC08_2023-05-01_item"]  # no query string in a name
     assert all("/" not in key and not key.startswith(".") for key in keys)

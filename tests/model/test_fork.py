@@ -19,7 +19,7 @@ import rasterio
 import torch
 import torchvision
 
-from segcore.checkpoint import read_checkpoint
+from segcore.checkpoint import NUMPY_SCALAR_GLOBALS, read_checkpoint
 from segcore.config import load_config
 from segcore.errors import InputError
 from segcore.inference import predict_block, to_mask
@@ -27,9 +27,10 @@ from segcore.metrics import ConfusionCounts
 from segcore.model.fork import from_fork_state_dict
 from segcore.model.refinenet import RefineNet
 from segcore.training import TrainHooks, to_model_input
-from tests import fault_inputs as fi
+from tests import jobs
 from tests.conftest import REPO
-from tests.test_train import small_config, write_patch_set
+from tests.helpers import small_config
+from tests.inputs import write_patch_set
 
 fork_refinenet = pytest.importorskip(
     "building_footprint_segmentation.seg.binary.models.refinenet",
@@ -150,7 +151,7 @@ def test_segment_cli_with_the_forks_training_state_gives_the_forks_mask(fork_run
             "--output", tmp_path / "out"]
     for item in SEGMENT:
         args += ["--set", item]
-    result = fi.run_job("segment", *args, env=fi.job_env(fi.short_tmp("fork")), timeout=300)
+    result = jobs.run_job("segment", *args, env=jobs.job_env(jobs.short_tmp("fork")), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert np.array_equal(read_mask(tmp_path / "out" / "image" / "mask.tif"), forks_mask(fork_run.model, scene))
 
@@ -196,8 +197,8 @@ def test_evaluate_with_each_fork_file_gives_the_forks_counts(fork_run, patches, 
 
 def test_evaluate_cli_with_the_forks_training_state(fork_run, patches, tmp_path):
     expected = forks_counts(fork_run.model, patches, "val")
-    result = fi.run_job("evaluate", "--checkpoint", fork_run.best, "--data", patches, "--split", "val",
-                        "--output", tmp_path / "metrics.json", env=fi.job_env(fi.short_tmp("fev")), timeout=300)
+    result = jobs.run_job("evaluate", "--checkpoint", fork_run.best, "--data", patches, "--split", "val",
+                        "--output", tmp_path / "metrics.json", env=jobs.job_env(jobs.short_tmp("fev")), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert (metrics["tp"], metrics["fp"], metrics["fn"], metrics["tn"]) == (expected.tp, expected.fp, expected.fn,

@@ -1,0 +1,52 @@
+"""One block's results as one file: the unit of work, retry and resume of segmentation.
+
+A block file holds the block core's uint8 mask (1 building, 0 background, 255 nodata), optionally its uint8
+probability (round(p * 255)), its tile counts, optionally a thumbnail of its imagery for the preview and the
+raw building vectors of `segcore.vectors.polygonize` (as their own bytes). It is a compressed .npz of plain
+arrays, read with `allow_pickle=False`, and it appears under its final name only once complete.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from segcore.config import S3Config
+from segcore.storage import filesystem, write_bytes
+
+
+def block_file(index: int) -> str:
+    return f"block_{index:06d}.npz"
+
+
+@dataclass
+class BlockResult:
+    mask: np.ndarray  # uint8 [h, w] of the block's core
+    tiles_computed: int
+    tiles_skipped: int  # tiles holding nodata only: never sent to the model
+    probability: Optional[np.ndarray] = None  # uint8 [h, w]
+    thumbnail: Optional[np.ndarray] = None  # uint8 RGB [3, h', w'] of the core at the preview's scale
+    vectors: Optional[bytes] = None  # segcore.vectors.polygonize.BlockVectors.to_bytes()
+
+
+def save_block(path: str, result: BlockResult, s3: Optional[S3Config] = None) -> None:
+    """Write one block's results atomically (temporary name + rename locally, one PUT on S3)."""
+    arrays = {"mask": result.mask, "tiles": np.array([result.tiles_computed, result.tiles_skipped], np.int64)}
+    for name in ("probability", "thumbnail"):
+        if getattr(result, name) is not None:
+            arrays[name] = getattr(result, name)
+    if result.vectors is not None:
+        arrays["vectors"] = np.frombuffer(result.vectors, np.uint8)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
+    write_bytes(path, buffer.getvalue(), s3)
+
+
+def load_block(path: str, s3: Optional[S3Config] = None) -> BlockResult:
+    with np.load(io.BytesIO(filesystem(path, s3).cat_file(path)), allow_pickle=False) as data:
+        tiles = [int(v) for v in data["tiles"]]
+        optional = {name: data[name] if name in data.files else None for name in ("probability", "thumbnail")}
+        vectors = data["vectors"].tobytes() if "vectors" in data.files else None
+        return BlockResult(data["mask"], tiles[0], tiles[1], vectors=vectors, **optional)
