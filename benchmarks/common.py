@@ -14,8 +14,8 @@ import platform
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, Optional
 from xml.sax.saxutils import escape
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,6 +26,23 @@ TILE = 384
 
 
 # ---------------------------------------------------------------- the machine
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')} load {load_average():.2f}] {message}", flush=True)
+
+
+def start_ray(num_cpus: int) -> float:
+    """A local Ray for a benchmark (workers can import the repository), quiet; returns its start time in s."""
+    import ray
+
+    began = time.perf_counter()
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, object_store_memory=2_000_000_000,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}, logging_level="WARNING")
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    return time.perf_counter() - began
+
 
 def cpu_model() -> str:
     try:
@@ -290,7 +307,7 @@ class TreeRssSampler:
     in `exclude` (and their descendants: e.g. a loopback S3 server) are left out.
     """
 
-    def __init__(self, pid: Optional[int] = None, interval: float = 0.2, exclude: Iterable[int] = ()):
+    def __init__(self, pid: int | None = None, interval: float = 0.2, exclude: Iterable[int] = ()):
         import psutil
 
         self.root = psutil.Process(pid or os.getpid())
@@ -304,10 +321,8 @@ class TreeRssSampler:
 
         excluded = set(self.exclude)
         for pid in self.exclude:
-            try:
+            with contextlib.suppress(psutil.Error):
                 excluded.update(c.pid for c in psutil.Process(pid).children(recursive=True))
-            except psutil.Error:
-                pass
         total, parts = 0, {}
         try:
             procs = [self.root, *self.root.children(recursive=True)]
@@ -332,7 +347,7 @@ class TreeRssSampler:
             self._sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "TreeRssSampler":
+    def __enter__(self) -> TreeRssSampler:
         self._sample()
         self._thread.start()
         return self

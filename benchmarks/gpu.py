@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import REPO, TILE, fmt, table  # noqa: E402
+import common
+from common import REPO, TILE, fmt, table
 
 SECTIONS = ("model", "pipeline", "train")
 CPU_CHECK_TILE = 64  # --cpu-check only: small tiles keep bf16 on a CPU without bf16 units quick
@@ -290,7 +290,8 @@ def main() -> int:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     info = common.machine_info()
     res = dict(date=info["date"], cpu=info["cpu"], logical_cpus=info["logical_cpus"], torch=torch.__version__,
-               cuda=torch.version.cuda, device=torch.cuda.get_device_name() if device.type == "cuda" else "CPU (--cpu-check)",
+               cuda=torch.version.cuda,
+               device=torch.cuda.get_device_name() if device.type == "cuda" else "CPU (--cpu-check)",
                command="python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), sections=args.only)
     log(f"device {res['device']}, sections {args.only}")
     if "model" in args.only:

@@ -28,9 +28,9 @@ compare, scale, s3, train.
 Ray: the script starts its own local Ray with one logical CPU per core. The segment pipeline runs one
 inference actor per core, each with one torch thread (on 2 cores that is 1.16x the tiles/s of one actor
 with 2 threads, which also stalls whenever another process takes one of its cores), and the actors leave
-0.5 CPU to the block-reading task (as configs/dev.yaml). Reading therefore shares the cores with compute,
-and its cost is part of the pipeline's wall time. Training runs on a fresh local Ray (as
-benchmarks/train_to_iou.py).
+one logical CPU to a block reader, a block writer and the assembly task (as configs/dev.yaml). Reading
+therefore shares the cores with compute, and its cost is part of the pipeline's wall time. Training runs on
+a fresh local Ray (as benchmarks/train_to_iou.py).
 Ray's own start (ray.init) happens once and is reported separately; each pipeline run's wall time counts
 from plan_segment (checkpoint check, planning) to run_segment's return: actor start, model load, reading,
 inference, blending, block writes and the assembly of mask.tif/preview.png/metrics.json are all counted.
@@ -47,8 +47,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import REPO, TILE, fmt, table  # noqa: E402
+import common
+from common import REPO, TILE, fmt, log, table
 
 SECTIONS = ("limits", "compare", "scale", "s3", "train")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -68,10 +68,6 @@ PROFILES = {
     "smoke": dict(backbone="resnet18", width=16, compare_size=768, scale_sizes=(512, 1024), s3_sizes=(512,),
                   train_city=1536, ceiling_seconds=0.5, rate_seconds=0.3, city_size=768),
 }
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')} load {common.load_average():.2f}] {message}", flush=True)
 
 
 # ---------------------------------------------------------------- limits
@@ -199,10 +195,11 @@ def seed_workflow(image_path: str, checkpoint: str, work: Path, threshold: float
 
 def segment_cfg(overlap: int, batch: int, s3_endpoint: str | None = None):
     from segcore.config import load_config
-    from segcore.pipelines.segment import READ_CPUS
 
     overrides = [f"segment.tile_size={TILE}", f"segment.overlap={overlap}", f"segment.batch_size={batch}",
-                 f"segment.actors={CORES}", f"segment.cpus_per_actor={(CORES - READ_CPUS) / CORES}",
+                 f"segment.actors={CORES}", f"segment.cpus_per_actor={(CORES - 1) / CORES}",
+                 "segment.cpus_per_reader=0.25", "segment.cpus_per_writer=0.25", "segment.cpus_per_assembly=0.5",
+                 "segment.readers=1", "segment.writers=1",
                  "segment.torch_threads=1", "segment.threshold=0.5"]
     if s3_endpoint:
         overrides.append(f"s3.endpoint_url={s3_endpoint}")
@@ -253,18 +250,6 @@ def add_efficiency(row: dict, ceiling: float) -> dict:
     row["efficiency"] = row["tiles_per_s"] / ceiling
     row["steady_efficiency"] = row["steady_tiles_per_s"] / ceiling
     return row
-
-
-def start_ray(num_cpus: int) -> float:
-    import ray
-
-    began = time.perf_counter()
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, object_store_memory=2_000_000_000,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}, logging_level="WARNING")
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    return time.perf_counter() - began
 
 
 def section_compare(p: dict, results: dict, work: Path, base_image: Path, checkpoint: str) -> None:
@@ -510,7 +495,8 @@ def main() -> int:
 
     torch.set_num_threads(CORES)
     began = time.perf_counter()
-    results = dict(profile=profile, command="python benchmarks/run.py" + {"full": "", "quick": " --quick", "smoke": " --smoke"}[profile]
+    results = dict(profile=profile, command="python benchmarks/run.py"
+                   + {"full": "", "quick": " --quick", "smoke": " --smoke"}[profile]
                    + (f" --only {' '.join(args.only)}" if args.only else "")
                    + (f" --skip {' '.join(args.skip)}" if args.skip else ""),
                    machine=common.machine_info(), profile_settings=p, sections=sections)
@@ -522,7 +508,7 @@ def main() -> int:
         base = common.city(work, p["city_size"], seed=0).image
         checkpoint = common.make_checkpoint(work / f"ckpt-{p['backbone']}-{p['width']}.pt", p["backbone"], p["width"])
         results["ray_cpus"] = CORES
-        results["ray_init_seconds"] = start_ray(CORES)
+        results["ray_init_seconds"] = common.start_ray(CORES)
         if "compare" in sections:
             section_compare(p, results, work, base, checkpoint)
             limits = results["compare"]
@@ -540,7 +526,7 @@ def main() -> int:
 
         ray.shutdown()
     if "train" in sections:
-        start_ray(CORES)
+        common.start_ray(CORES)
         section_train(p, results, work)
     results["load_end"] = common.load_average()
     results["total_seconds"] = time.perf_counter() - began

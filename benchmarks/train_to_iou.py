@@ -61,9 +61,10 @@ def main() -> int:
           f"config configs/dev.yaml, {args.workers} workers, city {args.width}x{args.height} seed {args.seed}")
     print("epoch  val_iou  val_f1  samples/s  minutes")
     reached = None
-    for row, minutes in zip(history, ends):
+    for row, minutes in zip(history, ends, strict=True):
         iou = float(row["val_iou"])
-        print(f"{row['epoch']:>5}  {iou:7.4f}  {float(row['val_f1']):6.4f}  {float(row['samples_per_s']):9.2f}  {minutes:7.2f}")
+        print(f"{row['epoch']:>5}  {iou:7.4f}  {float(row['val_f1']):6.4f}  "
+              f"{float(row['samples_per_s']):9.2f}  {minutes:7.2f}")
         if reached is None and iou >= args.target:
             reached = (row["epoch"], minutes)
     if reached:

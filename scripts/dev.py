@@ -2,6 +2,7 @@
 
     python3 scripts/dev.py demo   # generate a sample city, prepare, train, segment (CPU, no downloads)
     python3 scripts/dev.py test   # the whole test suite
+    python3 scripts/dev.py lint   # ruff check and mypy (settings in pyproject.toml)
 Extra arguments are passed on (to pytest for `test`, to jobs/demo.py for `demo`).
 """
 import hashlib
@@ -26,22 +27,23 @@ def ensure_venv() -> None:
         print(f"creating virtual environment in {VENV}", flush=True)
         venv.create(VENV, with_pip=True)
     pip = [str(PY), "-m", "pip", "install", "--disable-pip-version-check"]
-    subprocess.run(pip + ["-e", f"{ROOT}[test]"], check=True)
+    subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True)
     stamp.write_text(want)
 
 
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test", "setup"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test", "lint", "setup"):
         print(__doc__)
         return 2
     ensure_venv()
     command, rest = sys.argv[1], sys.argv[2:]
     if command == "setup":
         return 0
-    if command == "demo":
-        args = [str(PY), str(ROOT / "jobs" / "demo.py"), *rest]
-    else:
-        args = [str(PY), "-m", "pytest", *rest]
+    if command == "lint":
+        ruff = subprocess.call([str(PY), "-m", "ruff", "check", "segcore", "jobs", "tests", "benchmarks", "scripts"],
+                               cwd=ROOT)
+        return subprocess.call([str(PY), "-m", "mypy"], cwd=ROOT) or ruff
+    args = [str(PY), str(ROOT / "jobs" / "demo.py"), *rest] if command == "demo" else [str(PY), "-m", "pytest", *rest]
     return subprocess.call(args, cwd=ROOT)
 
 

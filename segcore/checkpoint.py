@@ -17,9 +17,9 @@ import dataclasses
 import hashlib
 import io
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ FORK_STATE_KEYS = {"model", "optimizer", "start_epoch", "step", "end_epoch", "bs
 # rebuild numpy scalars and their dtypes and nothing else. numpy 1 pickles the scalar reconstructor as
 # numpy.core.multiarray.scalar and numpy 2 as numpy._core.multiarray.scalar: both names are allowed.
 _numpy_scalar = np.float64(0).__reduce__()[0]
-NUMPY_SCALAR_GLOBALS = [
+NUMPY_SCALAR_GLOBALS: list[Any] = [
     np.dtype,
     type(np.dtype(np.float64)),
     type(np.dtype(np.float32)),
@@ -72,12 +72,12 @@ class Checkpoint:
     input: InputConfig  # the normalization the weights were trained with
     state_dict: dict[str, torch.Tensor]
     threshold: float = DEFAULT_THRESHOLD  # the decision threshold training measured with
-    best_f1_threshold: Optional[float] = None  # the validation threshold that maximised F1
-    tile_size: Optional[int] = None  # the patch size it was trained on
+    best_f1_threshold: float | None = None  # the validation threshold that maximised F1
+    tile_size: int | None = None  # the patch size it was trained on
     epoch: int = 0
     metrics: dict = field(default_factory=dict)
-    val_histogram: Optional[dict] = None  # {"positives", "negatives"}: per-bin pixel counts on validation
-    training: Optional[TrainingState] = None  # last.pt only
+    val_histogram: dict | None = None  # {"positives", "negatives"}: per-bin pixel counts on validation
+    training: TrainingState | None = None  # last.pt only
 
     def to_bytes(self) -> bytes:
         payload = {"format": FORMAT, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
@@ -120,7 +120,7 @@ class LoadedCheckpoint:
     kind: Kind
     state_dict: dict[str, torch.Tensor]
     file_keys: dict[str, str]  # key -> its name in the file (fork files use the fork's names)
-    checkpoint: Optional[Checkpoint] = None  # the segcore payload
+    checkpoint: Checkpoint | None = None  # the segcore payload
     fork_state: dict = field(default_factory=dict)  # a fork training state's other entries (epochs, loss)
 
     def model_config(self, fallback: ModelConfig) -> ModelConfig:
@@ -222,7 +222,7 @@ def _describe_model(cfg: ModelConfig) -> str:
 
 
 def load_weights(model: nn.Module, loaded: LoadedCheckpoint, model_cfg: ModelConfig,
-                 parts: tuple[str, ...] | list[str] | None = None) -> int:
+                 parts: Sequence[str] | None = None) -> int:
     """Load the checkpoint's weights of `parts` (default: all) into `model` strictly; returns the tensor count.
 
     A missing or unexpected key or a shape mismatch within those parts is an InputError naming the keys
@@ -244,8 +244,8 @@ def load_weights(model: nn.Module, loaded: LoadedCheckpoint, model_cfg: ModelCon
 class LoadedModel:
     model: nn.Module
     model_cfg: ModelConfig
-    input_cfg: Optional[InputConfig]  # None for fork checkpoints: they carry no normalization
-    threshold: Optional[float]  # stored decision threshold, None for fork checkpoints
+    input_cfg: InputConfig | None  # None for fork checkpoints: they carry no normalization
+    threshold: float | None  # stored decision threshold, None for fork checkpoints
     checkpoint: LoadedCheckpoint
 
 

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from typing import NoReturn, Optional
+from typing import NoReturn
 
 from segcore.config import Config, load_config
 from segcore.errors import InputError
@@ -19,7 +19,8 @@ from segcore.errors import InputError
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     """Add `--config X.yaml` and repeated `--set section.key=value`."""
-    parser.add_argument("--config", metavar="X.yaml", help="YAML file naming the settings that differ from the defaults")
+    parser.add_argument("--config", metavar="X.yaml",
+                        help="YAML file naming the settings that differ from the defaults")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set prepare.tile_size=512 (repeatable)")
 
@@ -28,7 +29,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 
 
-def run_main(main: Callable[[], Optional[int]]) -> NoReturn:
+def run_main(main: Callable[[], int | None]) -> NoReturn:
     """Run `main` and exit with its code; an InputError becomes `error: <message>` on stderr and exit 2."""
     try:
         code = main()

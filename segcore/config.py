@@ -12,14 +12,15 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, get_args
 
 import yaml
 
 from segcore.errors import InputError
 
 DEFAULT_THRESHOLD = 0.45  # the fork's decision threshold: building where probability >= it
-MODEL_PARTS = ("encoder", "decoder", "head")
+ModelPart = Literal["encoder", "decoder", "head"]
+MODEL_PARTS: tuple[ModelPart, ...] = get_args(ModelPart)
 
 
 class ConfigError(InputError):
@@ -50,9 +51,9 @@ class InputConfig:
 
     bands: list[int] = field(default_factory=lambda: [1, 2, 3])  # 1-based, in R, G, B order
     # Pixel value that maps to 1.0. None: 255 for uint8 imagery; any other dtype needs a value here.
-    scale_max: Optional[float] = None
+    scale_max: float | None = None
     # Overrides the raster's own nodata value; None uses the raster's (if it has one).
-    nodata: Optional[float] = None
+    nodata: float | None = None
 
     def validate(self, at: str) -> None:
         _check(f"{at}.bands", self.bands, len(self.bands) == 3 and all(b >= 1 for b in self.bands),
@@ -135,7 +136,7 @@ class TrainConfig:
     # optimizer and schedule. init_parts picks what it initialises; the rest starts fresh (e.g. [encoder]
     # keeps a backbone and trains a decoder of another width). --resume continues a run instead.
     init_from: str = ""
-    init_parts: list[Literal["encoder", "decoder", "head"]] = field(default_factory=lambda: list(MODEL_PARTS))
+    init_parts: list[ModelPart] = field(default_factory=lambda: list(MODEL_PARTS))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Where every epoch's metrics and the plots also go: TensorBoard (run_dir/tensorboard) and/or MLflow
     # (MLFLOW_TRACKING_URI, else a store in run_dir/mlruns; needs `pip install .[mlflow]`).
@@ -169,7 +170,7 @@ class SegmentConfig:
     overlap: int = 64  # pixels shared by neighbouring tiles, blended with a smooth window
     block_size: int = 2304  # pixels a side of the unit of work (read, infer, write, resume)
     batch_size: int = 8  # tiles per forward pass
-    threshold: Optional[float] = None  # None: the checkpoint's stored threshold, else DEFAULT_THRESHOLD
+    threshold: float | None = None  # None: the checkpoint's stored threshold, else DEFAULT_THRESHOLD
     actors: int = 1  # inference actors: one per GPU on a GPU cluster
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0  # 1 on GPU clusters; 0 runs CPU actors (local mode)
@@ -251,8 +252,8 @@ class PolygonConfig:
 class S3Config:
     """Where s3:// paths go. Credentials come from the standard AWS environment/profile, never from here."""
 
-    endpoint_url: Optional[str] = None  # e.g. a MinIO or test server; None = AWS
-    region: Optional[str] = None
+    endpoint_url: str | None = None  # e.g. a MinIO or test server; None = AWS
+    region: str | None = None
     # Unsigned requests, for public buckets (open imagery): no credentials are looked up or sent.
     anonymous: bool = False
 
@@ -362,7 +363,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if origin is list:
         _check(key, value, isinstance(value, list), "a list")
         return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         _check(key, value, isinstance(value, dict), "a mapping of settings")
         return section_from_dict(hint, value, key)
     if hint is bool:

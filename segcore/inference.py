@@ -13,10 +13,10 @@ on spare cores.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ class BlockPrediction:
     probability: torch.Tensor  # float32 [h, w] on the model's device; NaN where the input is nodata
     tiles_computed: int
     tiles_skipped: int  # tiles holding nodata only: never sent to the model
+    # CPU seconds of this process, by step: "tiling" (the block to the device, tiles cut and normalized), "forward"
+    # (the model), "blend" (weighting and summing tiles). On a GPU the host spends them launching device work.
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
 
 def pick_device(gpus: float) -> torch.device:
@@ -47,14 +50,17 @@ def tile_origins(height: int, width: int, tile_size: int, overlap: int) -> list[
             for col in tile_starts(width, tile_size, stride, pad_end=False)]
 
 
-def _forward(model: nn.Module, tiles: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+def _forward(model: nn.Module, tiles: torch.Tensor, device: torch.device, precision: str) -> tuple[torch.Tensor, float]:
+    """The tiles' probabilities, and the CPU seconds this thread spent on them."""
+    started = time.thread_time()
     with torch.inference_mode(), autocast_for(device, precision):
-        return model(tiles)[:, 0].float().sigmoid()
+        probability = model(tiles)[:, 0].float().sigmoid()
+    return probability, time.thread_time() - started
 
 
 def predict_block(model: nn.Module, rgb: np.ndarray, valid: np.ndarray, *, tile_size: int, overlap: int,
                   batch_size: int, device: torch.device | str = "cpu", precision: str = "fp32",
-                  channels_last: bool = False, origins: Optional[Sequence[tuple[int, int]]] = None) -> BlockPrediction:
+                  channels_last: bool = False, origins: Sequence[tuple[int, int]] | None = None) -> BlockPrediction:
     """Blended building probabilities for uint8 rgb [3, h, w] with a valid mask [h, w].
 
     `origins`: the tiles to compute, (row, col) in the block (default: `tile_origins` over it). Tiles holding
@@ -72,6 +78,8 @@ def predict_block(model: nn.Module, rgb: np.ndarray, valid: np.ndarray, *, tile_
     # Per-tile any() costs microseconds; a summed-area table of a whole block costs more than it saves.
     kept = [(row, col) for row, col in origins if valid[row:row + tile_size, col:col + tile_size].any()]
 
+    cpu = dict(tiling=0.0, forward=0.0, blend=0.0)
+    clock = time.thread_time()
     window = weight_window(tile_size, overlap, device)
     total = torch.zeros((padded_h, padded_w), dtype=torch.float32, device=device)
     weights = torch.zeros_like(total)
@@ -80,19 +88,32 @@ def predict_block(model: nn.Module, rgb: np.ndarray, valid: np.ndarray, *, tile_
     image = (host.pin_memory() if device.type == "cuda" else host).to(device, non_blocking=True)
     batches = [kept[start:start + batch_size] for start in range(0, len(kept), batch_size)]
     with ThreadPoolExecutor(1, thread_name_prefix="forward") as forward, torch.inference_mode():
-        pending: Optional[tuple[list, Future]] = None
+        pending: tuple[list, Future] | None = None
         for batch in [*batches, None]:
             submitted = None
             if batch is not None:
                 tiles = prepare_input(torch.stack([image[:, r:r + tile_size, c:c + tile_size] for r, c in batch]),
                                       channels_last)
                 submitted = (batch, forward.submit(_forward, model, tiles, device, precision))
+            clock = _lap(cpu, "tiling", clock)
             if pending is not None:  # blend the previous batch while this one runs
-                accumulate(total, weights, pending[1].result(), pending[0], window)
+                probabilities, forward_s = pending[1].result()
+                cpu["forward"] += forward_s
+                clock = time.thread_time()  # waiting for the forward pass is not this thread's work
+                accumulate(total, weights, probabilities, pending[0], window)
+                clock = _lap(cpu, "blend", clock)
             pending = submitted
         probability = total / weights
         probability[~torch.from_numpy(np.ascontiguousarray(valid)).to(device)] = torch.nan  # also 0/0 pixels
-    return BlockPrediction(probability[:height, :width], len(kept), len(origins) - len(kept))
+        _lap(cpu, "blend", clock)
+    return BlockPrediction(probability[:height, :width], len(kept), len(origins) - len(kept), cpu)
+
+
+def _lap(cpu: dict[str, float], step: str, since: float) -> float:
+    """Add this thread's CPU seconds since `since` to `step`; the new mark."""
+    now = time.thread_time()
+    cpu[step] += now - since
+    return now
 
 
 def to_mask(probability: torch.Tensor, threshold: float) -> np.ndarray:

@@ -54,12 +54,13 @@ def match_labels(images: Sequence[Source], specs: list[str], s3: S3Config | None
         return [by_stem[image.name] for image in images]
     if len(specs) != len(images):
         shown = ", ".join(image.path for image in images[:3])
-        raise InputError(f"labels: {len(specs)} label file(s) for {len(images)} image(s) ({shown}"
-                         f"{', ...' if len(images) > 3 else ''}): give one per image in the same order, or one directory")
+        more = ", ..." if len(images) > 3 else ""
+        raise InputError(f"labels: {len(specs)} label file(s) for {len(images)} image(s) ({shown}{more}): "
+                         "give one per image in the same order, or one directory")
     return list(specs)
 
 
-def open_labels(path: str, image: RasterInfo, s3: S3Config | None = None) -> "MaskRaster | Polygons":
+def open_labels(path: str, image: RasterInfo, s3: S3Config | None = None) -> MaskRaster | Polygons:
     """The label source at `path` for `image`; raises InputError if it does not fit the image."""
     if PurePosixPath(path).suffix.lower() in POLYGON_SUFFIXES:
         return Polygons(path, image, s3)

@@ -26,7 +26,7 @@ class ConfusionCounts:
     tn: int = 0
 
     @classmethod
-    def from_arrays(cls, pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None) -> "ConfusionCounts":
+    def from_arrays(cls, pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None) -> ConfusionCounts:
         """Counts from boolean prediction and target arrays of one shape; `valid` masks out pixels (nodata)."""
         pred = np.asarray(pred, dtype=bool)
         target = np.asarray(target, dtype=bool)
@@ -39,12 +39,12 @@ class ConfusionCounts:
         return cls(tp, fp, fn, int(pred.size) - tp - fp - fn)
 
     @classmethod
-    def from_sequence(cls, values) -> "ConfusionCounts":
+    def from_sequence(cls, values) -> ConfusionCounts:
         """From (tp, fp, fn, tn), e.g. an all-reduced tensor's `.tolist()`."""
         tp, fp, fn, tn = (int(v) for v in values)
         return cls(tp, fp, fn, tn)
 
-    def __add__(self, other: "ConfusionCounts") -> "ConfusionCounts":
+    def __add__(self, other: ConfusionCounts) -> ConfusionCounts:
         return ConfusionCounts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn)
 
     @property
@@ -97,14 +97,14 @@ class ProbabilityHistogram:
         self.positives += np.bincount(index[target], minlength=self.bins)
         self.negatives += np.bincount(index[~target], minlength=self.bins)
 
-    def merge(self, other: "ProbabilityHistogram") -> "ProbabilityHistogram":
+    def merge(self, other: ProbabilityHistogram) -> ProbabilityHistogram:
         if other.bins != self.bins:
             raise ValueError(f"cannot merge histograms of {self.bins} and {other.bins} bins")
         return ProbabilityHistogram(self.bins, self.positives + other.positives, self.negatives + other.negatives)
 
     def counts_at(self, threshold: float) -> ConfusionCounts:
         """Confusion counts with `probability >= threshold`, exact when threshold is a bin edge k/bins."""
-        k = int(round(threshold * self.bins))
+        k = round(threshold * self.bins)
         tp, fn = int(self.positives[k:].sum()), int(self.positives[:k].sum())
         fp, tn = int(self.negatives[k:].sum()), int(self.negatives[:k].sum())
         return ConfusionCounts(tp, fp, fn, tn)

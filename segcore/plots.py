@@ -6,9 +6,9 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from segcore.metrics import ProbabilityHistogram  # noqa: E402
+from segcore.metrics import ProbabilityHistogram
 
 CURVES = (("loss", "train_loss", "val_loss"), ("IoU", None, "val_iou"), ("F1", None, "val_f1"),
           ("precision", None, "val_precision"), ("recall", None, "val_recall"), ("learning rate", "lr", None))
@@ -25,7 +25,7 @@ def training_curves_png(history: list[dict]) -> bytes:
     """One panel per quantity against epoch: train in blue, validation in orange."""
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-    for ax, (title, train_key, val_key) in zip(axes.flat, CURVES):
+    for ax, (title, train_key, val_key) in zip(axes.flat, CURVES, strict=True):
         if train_key:
             ax.plot(epochs, [row[train_key] for row in history], "o-", label="train" if val_key else train_key)
         if val_key:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Optional
 
 from segcore.checkpoint import Checkpoint
 from segcore.config import S3Config
@@ -27,7 +26,7 @@ def _metrics_csv(history: list[dict]) -> bytes:
 
 
 class RunDirectory:
-    def __init__(self, path: str, s3: Optional[S3Config] = None):
+    def __init__(self, path: str, s3: S3Config | None = None):
         self.path, self.s3 = path, s3
         self.last = join(path, "checkpoints", "last.pt")
         self.best = join(path, "checkpoints", "best.pt")
@@ -38,8 +37,8 @@ class RunDirectory:
     def write(self, name: str, data: bytes) -> None:
         write_bytes(join(self.path, name), data, self.s3)
 
-    def write_epoch(self, last: bytes, history: list[dict], best: Optional[Checkpoint] = None,
-                    val_histogram: Optional[ProbabilityHistogram] = None) -> None:
+    def write_epoch(self, last: bytes, history: list[dict], best: Checkpoint | None = None,
+                    val_histogram: ProbabilityHistogram | None = None) -> None:
         """After an epoch: last.pt, metrics.csv and the curves; with `best`, best.pt and the ROC/PR figure."""
         write_bytes(self.last, last, self.s3)
         if best is not None:

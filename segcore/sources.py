@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Optional
 from urllib.parse import urlsplit
 
 from segcore.config import Config
@@ -24,7 +23,7 @@ class Source:
 
     path: str  # absolute: a local path, s3:// or http(s)://
     name: str  # the file stem, or the STAC Item's id
-    error: Optional[str] = None
+    error: str | None = None
 
 
 def stem(path: str) -> str:

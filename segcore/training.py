@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import torch
@@ -84,11 +83,11 @@ class EpochStats:
         return torch.cat([head, hist])
 
     @classmethod
-    def from_tensor(cls, packed: torch.Tensor) -> "EpochStats":
+    def from_tensor(cls, packed: torch.Tensor) -> EpochStats:
         values = packed.cpu().double().numpy()
         counts = ConfusionCounts.from_sequence(np.rint(values[2:6]))
         hist = np.rint(values[6:]).astype(np.int64)
-        return cls(float(values[0]), int(round(values[1])), counts,
+        return cls(float(values[0]), round(values[1]), counts,
                    ProbabilityHistogram(HISTOGRAM_BINS, hist[:HISTOGRAM_BINS], hist[HISTOGRAM_BINS:]))
 
 
@@ -100,7 +99,7 @@ class Progress:
     best_iou: float = -1.0
     best_epoch: int = 0
     stale_epochs: int = 0  # epochs since the best validation IoU
-    best_state_dict: Optional[dict] = None  # weights of the best epoch (None in last.pt when it is the last epoch)
+    best_state_dict: dict | None = None  # weights of the best epoch (None in last.pt when it is the last epoch)
 
     def record(self, row: dict, val_iou: float, state_dict: Callable[[], dict]) -> bool:
         """Add an epoch's row; True when its validation IoU is the best so far (then its weights are kept)."""
@@ -118,12 +117,12 @@ class TrainHooks:
     """Extension points of the training loop, called on every worker (tools and tests observe or perturb a
     run through them, e.g. kill a worker mid-epoch). They must be picklable: module-level functions."""
 
-    on_start: Optional[Callable[[nn.Module, int], None]] = None  # (model before the first step, rank)
-    on_batch: Optional[Callable[[int, int, int], None]] = None  # (epoch, batch index, rank) after each step
+    on_start: Callable[[nn.Module, int], None] | None = None  # (model before the first step, rank)
+    on_batch: Callable[[int, int, int], None] | None = None  # (epoch, batch index, rank) after each step
 
 
 def train_one_epoch(model: nn.Module, batches: Iterable[dict], loss_fn: nn.Module, optimizer, device: torch.device,
-                    cfg: TrainConfig, on_batch: Optional[Callable[[int], None]] = None) -> EpochStats:
+                    cfg: TrainConfig, on_batch: Callable[[int], None] | None = None) -> EpochStats:
     """One pass over `batches` (dicts of uint8 "image" NxHxWx3 and "label" NxHxW); returns the loss sum."""
     model.train()
     channels_last = cfg.channels_last and device.type == "cuda"

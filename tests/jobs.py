@@ -11,12 +11,11 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Optional
 
 from tests.conftest import REPO
 
 
-def job_env(ray_tmp: Optional[Path], *, ray_address: Optional[str] = None, **extra: str) -> dict:
+def job_env(ray_tmp: Path | None, *, ray_address: str | None = None, **extra: str) -> dict:
     """The environment of a job subprocess. Without `ray_address` it starts a Ray of its own: RAY_ADDRESS=local
     makes ray.init() start a new local instance even where another cluster could be found (a `ray start` head
     writes its address to <temp>/ray/ray_current_cluster, which ray.init() would otherwise join), and RAY_TMPDIR
@@ -34,11 +33,11 @@ def job(name: str, *args: str) -> list[str]:
     return [sys.executable, str(REPO / "jobs" / f"{name}.py"), *[str(a) for a in args]]
 
 
-def run_job(name: str, *args: str, env: Optional[dict] = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_job(name: str, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return run_job_command(job(name, *args), env=env, timeout=timeout)
 
 
-def run_job_command(command: list[str], *, cwd: Path = REPO, env: Optional[dict] = None,
+def run_job_command(command: list[str], *, cwd: Path = REPO, env: dict | None = None,
                     timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 

@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 
 def free_port() -> int:
@@ -27,13 +26,13 @@ class MotoServer:
     any other key id is refused with 403 InvalidAccessKeyId.
     """
 
-    def __init__(self, refuse_after: Optional[int] = None):
+    def __init__(self, refuse_after: int | None = None):
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.refuse_after = refuse_after
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "MotoServer":
+    def start(self) -> MotoServer:
         env = dict(os.environ)
         if self.refuse_after is not None:
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(self.refuse_after)
@@ -73,11 +72,11 @@ class TcpProxy:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.accepted = 0
-        self._listener: Optional[socket.socket] = None
+        self._listener: socket.socket | None = None
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
 
-    def up(self) -> "TcpProxy":
+    def up(self) -> TcpProxy:
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -133,10 +132,8 @@ class TcpProxy:
 
 def upload(client, bucket: str, files: dict[str, Path]) -> None:
     """Create `bucket` (if needed) and upload {key: local file}."""
-    try:
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket=bucket)
-    except client.exceptions.BucketAlreadyOwnedByYou:
-        pass
     for key, path in files.items():
         client.upload_file(str(path), bucket, key)
 

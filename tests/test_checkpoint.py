@@ -80,7 +80,8 @@ def fork_state():
 @pytest.mark.parametrize("change, message", [
     (lambda s: s.pop("final_layer.bias"), r"1 missing keys \(final_layer\.bias\)"),
     (lambda s: s.update(extra_head_weight=torch.zeros(1)), r"1 unexpected \(extra_head_weight\)"),
-    (lambda s: s.update({"final_layer.bias": torch.zeros(2)}), r"1 shape mismatch \(final_layer\.bias: \(2,\) vs \(1,\)\)"),
+    (lambda s: s.update({"final_layer.bias": torch.zeros(2)}),
+     r"1 shape mismatch \(final_layer\.bias: \(2,\) vs \(1,\)\)"),
 ])
 def test_fork_mismatches_are_named_in_the_forks_key_names(change, message, fork_state, tmp_path):
     change(fork_state)

@@ -55,7 +55,7 @@ def test_bad_values_fail_in_one_line_naming_key_and_value(override, words):
 def test_unknown_key_in_yaml_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  epochs: 2\n  learning_rate: 0.1\n")
-    with pytest.raises(ConfigError, match="train.learning_rate"):
+    with pytest.raises(ConfigError, match=r"train\.learning_rate"):
         load_config(path)
 
 

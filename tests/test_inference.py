@@ -121,7 +121,7 @@ def test_every_block_size_gives_the_same_probabilities_with_a_real_cnn(city_rgb,
     model = build_model("refinenet", "resnet18", 16, pretrained=False).eval()
     valid = np.ones(city_rgb.shape[1:], bool)
     small, large = (probability_by_blocks(model, city_rgb, valid, block_size=size, tile_size=64, overlap=16,
-                                          batch_size=batch) for size, batch in zip(blocks, (3, 8)))
+                                          batch_size=batch) for size, batch in zip(blocks, (3, 8), strict=True))
     assert (small - large).abs().max() < 1e-5
     assert (to_probability_bytes(small).astype(int) - to_probability_bytes(large)).__abs__().max() <= 1
 

@@ -89,7 +89,7 @@ def test_a_label_directory_is_matched_by_name(tmp_path):
     images = [Source(str(tmp_path / "img" / "west.tif"), "west"), Source(str(tmp_path / "img" / "east.tif"), "east")]
     assert match_labels(images, [str(tmp_path / "labels")]) == [str(tmp_path / "labels" / "west.tif"),
                                                                 str(tmp_path / "labels" / "east.geojson")]
-    with pytest.raises(InputError, match="north.tif: no label file with stem 'north'"):
+    with pytest.raises(InputError, match=r"north\.tif: no label file with stem 'north'"):
         match_labels([Source(str(tmp_path / "north.tif"), "north")], [str(tmp_path / "labels")])
-    with pytest.raises(InputError, match="1 label file.* for 2 image"):
+    with pytest.raises(InputError, match=r"1 label file.* for 2 image"):
         match_labels(images, [str(tmp_path / "labels" / "west.tif")])

@@ -5,7 +5,8 @@ from segcore.metrics import ConfusionCounts, ProbabilityHistogram
 
 
 def numpy_reference(pred, target):
-    tp = np.sum(pred & target); fp = np.sum(pred & ~target); fn = np.sum(~pred & target); tn = np.sum(~pred & ~target)
+    tp, fp = np.sum(pred & target), np.sum(pred & ~target)
+    fn, tn = np.sum(~pred & target), np.sum(~pred & ~target)
     return {"iou": tp / (tp + fp + fn), "f1": 2 * tp / (2 * tp + fp + fn), "precision": tp / (tp + fp),
             "recall": tp / (tp + fn), "accuracy": (tp + tn) / pred.size}
 
@@ -25,7 +26,7 @@ def test_merged_counts_equal_counts_over_the_union():
     preds = [rng.random((32, 40)) > 0.5 for _ in range(5)]
     targets = [rng.random((32, 40)) > 0.7 for _ in range(5)]
     merged = ConfusionCounts()
-    for p, t in zip(preds, targets):
+    for p, t in zip(preds, targets, strict=True):
         merged = merged + ConfusionCounts.from_arrays(p, t)
     union = ConfusionCounts.from_arrays(np.concatenate(preds), np.concatenate(targets))
     assert merged == union
@@ -57,7 +58,8 @@ def test_histograms_merge_like_counts():
     rng = np.random.default_rng(3)
     a, b = ProbabilityHistogram(50), ProbabilityHistogram(50)
     pa, ta, pb, tb = rng.random(500), rng.random(500) > 0.5, rng.random(300), rng.random(300) > 0.5
-    a.add(pa, ta); b.add(pb, tb)
+    a.add(pa, ta)
+    b.add(pb, tb)
     union = ProbabilityHistogram(50)
     union.add(np.concatenate([pa, pb]), np.concatenate([ta, tb]))
     merged = a.merge(b)
@@ -67,9 +69,12 @@ def test_histograms_merge_like_counts():
 def test_auc_of_perfect_random_and_inverted_scores():
     rng = np.random.default_rng(4)
     target = rng.random(20_000) > 0.5
-    perfect = ProbabilityHistogram(); perfect.add(np.where(target, 0.9, 0.1), target)
-    random = ProbabilityHistogram(); random.add(rng.random(20_000), target)
-    inverted = ProbabilityHistogram(); inverted.add(np.where(target, 0.1, 0.9), target)
+    perfect = ProbabilityHistogram()
+    perfect.add(np.where(target, 0.9, 0.1), target)
+    random = ProbabilityHistogram()
+    random.add(rng.random(20_000), target)
+    inverted = ProbabilityHistogram()
+    inverted.add(np.where(target, 0.1, 0.9), target)
     assert perfect.roc_auc() == pytest.approx(1.0) and perfect.pr_auc() == pytest.approx(1.0)
     assert random.roc_auc() == pytest.approx(0.5, abs=0.02)
     assert random.pr_auc() == pytest.approx(target.mean(), abs=0.02)

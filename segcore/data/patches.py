@@ -8,8 +8,8 @@ Plain Python (no Ray): the training job's data loading and the prepare pipeline 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from pathlib import PurePosixPath
-from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -123,9 +123,9 @@ class PatchReader:
     Torch-free (albumentations only when augmenting), so the Ray Data tasks that call it start fast.
     """
 
-    def __init__(self, s3: S3Config, augment: Optional[AugmentConfig] = None):
+    def __init__(self, s3: S3Config, augment: AugmentConfig | None = None):
         self.s3, self.augment = s3, augment
-        self._transform: Optional[Callable[..., dict]] = None
+        self._transform: Callable[..., dict] | None = None
 
     def __call__(self, batch: dict) -> dict:
         fs = filesystem(str(batch["image"][0]), self.s3)
@@ -136,6 +136,6 @@ class PatchReader:
                 from segcore.data.transforms import build_augment
 
                 self._transform = build_augment(self.augment)
-            pairs = [self._transform(image=image, mask=label) for image, label in zip(images, labels)]
+            pairs = [self._transform(image=image, mask=label) for image, label in zip(images, labels, strict=True)]
             images, labels = [pair["image"] for pair in pairs], [pair["mask"] for pair in pairs]
         return {"image": np.stack(images), "label": np.stack(labels)}

@@ -7,9 +7,9 @@ import cv2
 
 # albumentations looks for a newer release online at import; this project never reaches the internet at run time.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-import albumentations as A  # noqa: E402
+import albumentations as A
 
-from segcore.config import AugmentConfig  # noqa: E402
+from segcore.config import AugmentConfig
 
 
 def build_augment(cfg: AugmentConfig, seed: int | None = None) -> A.Compose:

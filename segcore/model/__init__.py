@@ -7,7 +7,7 @@ from segcore.model.refinenet import RESNET_BACKBONES, RefineNet
 MODELS = {"refinenet": RefineNet}
 
 
-def build_model(arch: str, backbone: str, decoder_width: int, pretrained: bool) -> nn.Module:
+def build_model(arch: str, backbone: str, decoder_width: int, pretrained: bool) -> RefineNet:
     """Build ``MODELS[arch]`` on ``backbone``; ValueError names unknown values and the allowed ones."""
     if arch not in MODELS:
         raise ValueError(f"unknown model arch {arch!r}; expected one of {sorted(MODELS)}")

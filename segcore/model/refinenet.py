@@ -7,6 +7,8 @@ into :class:`RefineNet` (see :mod:`segcore.model.fork`) and give the same logits
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -152,8 +154,8 @@ class RefineNet(nn.Module):
     """
 
     # Key prefixes of the model's parts, so that a checkpoint can initialise some of them (train.init_parts).
-    PARTS = {"encoder": ("encoder.",), "decoder": ("adapters.", "refine_blocks.", "output_rcu."),
-             "head": ("classifier.",)}
+    PARTS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "encoder": ("encoder.",), "decoder": ("adapters.", "refine_blocks.", "output_rcu."), "head": ("classifier.",)}
 
     def __init__(self, backbone: str = "resnet50", decoder_width: int = 256, pretrained: bool = False):
         super().__init__()
@@ -164,7 +166,8 @@ class RefineNet(nn.Module):
         # One 3x3 conv per stage adapts the backbone widths to the decoder widths (sec. 3.1).
         widths = (decoder_width, decoder_width, decoder_width, 2 * decoder_width)
         self.adapters = nn.ModuleList(
-            conv3x3(stage_channels, width) for stage_channels, width in zip(self.encoder.out_channels, widths)
+            conv3x3(stage_channels, width)
+            for stage_channels, width in zip(self.encoder.out_channels, widths, strict=True)
         )
 
         # refine_blocks[i] works at stride 4 * 2**i and fuses the output of refine_blocks[i + 1].
@@ -173,8 +176,9 @@ class RefineNet(nn.Module):
         # parameter count matches, and frozen because it never receives a gradient, which
         # DistributedDataParallel would otherwise reject as an unused parameter.
         coarser_widths = (widths[1], widths[2], widths[3], widths[3])
-        self.refine_blocks = nn.ModuleList(RefineBlock(w, c) for w, c in zip(widths, coarser_widths))
-        self.refine_blocks[3].fusion.coarser_conv.requires_grad_(False)
+        blocks = [RefineBlock(w, c) for w, c in zip(widths, coarser_widths, strict=True)]
+        blocks[3].fusion.coarser_conv.requires_grad_(False)
+        self.refine_blocks = nn.ModuleList(blocks)
 
         # The paper ends each block with one RCU; two more after block 1 give the finest
         # path the same three-RCU sequence as the others (sec. 3.2). One module, applied twice.
@@ -188,10 +192,10 @@ class RefineNet(nn.Module):
                 f"RefineNet input size {height}x{width} is not supported: "
                 f"height and width must be multiples of {INPUT_SIZE_MULTIPLE}"
             )
-        features = [adapter(f) for adapter, f in zip(self.adapters, self.encoder(x))]
+        features = [adapter(f) for adapter, f in zip(self.adapters, self.encoder(x), strict=True)]
 
         refined = None
-        for block, feature in zip(reversed(self.refine_blocks), reversed(features)):
+        for block, feature in zip(reversed(self.refine_blocks), reversed(features), strict=True):
             refined = block(feature, refined)
 
         logits = self.classifier(self.output_rcu(self.output_rcu(refined)))

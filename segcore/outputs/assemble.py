@@ -11,12 +11,14 @@ exists is complete. Ray-free: the segment pipeline runs `assemble_mosaic` as a R
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Optional
 
 from segcore.config import Config
 from segcore.labels import open_labels
@@ -42,7 +44,7 @@ class MosaicOutputs:
     blocks: tuple[Block, ...]
     work: str  # the folder of its block files
     out: str  # OUT/<key>
-    labels: Optional[str] = None  # ground truth: a mask raster on its grid, or polygons
+    labels: str | None = None  # ground truth: a mask raster on its grid, or polygons
     run: dict = field(default_factory=dict, hash=False)  # what this run did for it (blocks computed, rates)
 
 
@@ -55,68 +57,121 @@ def remove_outputs(mosaic: MosaicOutputs, cfg: Config) -> None:
             fs.rm(path)
 
 
-def assemble_mosaic(mosaic: MosaicOutputs, cfg: Config) -> dict:
-    """Stream `mosaic`'s block files into its outputs, publishing mask.tif last; returns its metrics."""
-    seg, info = cfg.segment, mosaic.info
-    local = tempfile.mkdtemp(prefix="segcore-assemble-")
-    writers = {"mask": CogWriter(local, "mask", info, nodata=MASK_NODATA, resampling="NEAREST")}
-    if seg.write_probability:
-        writers["prob"] = CogWriter(local, "prob", info, nodata=None, resampling="AVERAGE", masked=True)
-    truth = open_labels(mosaic.labels, info, cfg.s3) if mosaic.labels else None
-    footprints = MosaicFootprints(info, mosaic.key, list(mosaic.blocks), os.path.join(
-        local, footprint_file(cfg.polygons.format)), cfg, truth, mosaic.labels) if seg.write_polygons else None
-    canvas = PreviewCanvas(info.width, info.height, seg.preview_size) if seg.preview_size else None
-    try:
-        components, confusion = ComponentCounter(info.width), ConfusionCounts()
-        totals = dict(valid=0, building=0, tiles=0, skipped=0)
-        for block in mosaic.blocks:
-            result = load_block(join(mosaic.work, block_file(block.index)), cfg.s3)
-            mask, window = result.mask, block.core
-            valid, building = mask != MASK_NODATA, mask == MASK_BUILDING
-            writers["mask"].write(mask, window)
-            if "prob" in writers:
-                writers["prob"].write(result.probability, window, valid)
-            if footprints is not None:
-                outlines = footprints.add(block, result.vectors, mask, result.probability)
-                if canvas is not None and outlines:
-                    canvas.draw_polygons(outlines)
-            else:
-                components.add(mask, block)
-            if canvas is not None and result.thumbnail is not None:
-                canvas.add(block, result.thumbnail, mask)
-            for name, value in (("valid", valid.sum()), ("building", building.sum()),
-                                ("tiles", result.tiles_computed), ("skipped", result.tiles_skipped)):
-                totals[name] += int(value)
-            if truth is not None:
-                confusion += ConfusionCounts.from_arrays(building, truth.read(window), valid)
-        files = {name: writer.finish() for name, writer in writers.items()}
-        metrics = dict(mosaic.run, width=info.width, height=info.height, georeferenced=info.georeferenced,
+class _Ledger:
+    """CPU seconds of this process by step (`with ledger("cog"): ...`)."""
+
+    def __init__(self) -> None:
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, step: str):
+        started = time.process_time()
+        try:
+            yield
+        finally:
+            self.seconds[step] += time.process_time() - started
+
+
+class _Assembly:
+    """One mosaic's outputs, fed its blocks in plan order (`add`), then finished and published (`publish`)."""
+
+    def __init__(self, mosaic: MosaicOutputs, cfg: Config, local: str):
+        seg, info = cfg.segment, mosaic.info
+        self.mosaic, self.cfg, self.ledger = mosaic, cfg, _Ledger()
+        self.writers = {"mask": CogWriter(local, "mask", info, nodata=MASK_NODATA, resampling="NEAREST")}
+        if seg.write_probability:
+            self.writers["prob"] = CogWriter(local, "prob", info, nodata=None, resampling="AVERAGE", masked=True)
+        self.truth = open_labels(mosaic.labels, info, cfg.s3) if mosaic.labels else None
+        self.footprints = MosaicFootprints(info, mosaic.key, list(mosaic.blocks), os.path.join(
+            local, footprint_file(cfg.polygons.format)), cfg, self.truth, mosaic.labels) if seg.write_polygons else None
+        self.canvas = PreviewCanvas(info.width, info.height, seg.preview_size) if seg.preview_size else None
+        self.components, self.confusion = ComponentCounter(info.width), ConfusionCounts()
+        self.totals: Counter[str] = Counter()
+
+    def add(self, block: Block) -> None:
+        with self.ledger("load_block"):
+            result = load_block(join(self.mosaic.work, block_file(block.index)), self.cfg.s3)
+        mask, window = result.mask, block.core
+        valid, building = mask != MASK_NODATA, mask == MASK_BUILDING
+        with self.ledger("cog"):
+            self.writers["mask"].write(mask, window)
+            if "prob" in self.writers:
+                assert result.probability is not None  # block files keep probabilities whenever prob.tif is wanted
+                self.writers["prob"].write(result.probability, window, valid)
+        if self.footprints is not None:
+            with self.ledger("footprints"):
+                outlines = self.footprints.add(block, result.vectors, mask, result.probability)
+            if self.canvas is not None and outlines:
+                with self.ledger("preview"):
+                    self.canvas.draw_polygons(outlines)
+        with self.ledger("metrics"):
+            if self.footprints is None:
+                self.components.add(mask, block)
+            self.totals.update(valid=int(valid.sum()), building=int(building.sum()), tiles=result.tiles_computed,
+                               skipped=result.tiles_skipped)
+            if self.truth is not None:
+                self.confusion += ConfusionCounts.from_arrays(building, self.truth.read(window), valid)
+        if self.canvas is not None and result.thumbnail is not None:
+            with self.ledger("preview"):
+                self.canvas.add(block, result.thumbnail, mask)
+
+    def metrics(self) -> dict:
+        info, totals = self.mosaic.info, self.totals
+        metrics = dict(self.mosaic.run, width=info.width, height=info.height, georeferenced=info.georeferenced,
                        pixels=info.width * info.height, valid_pixels=totals["valid"],
                        tiles=dict(computed=totals["tiles"], skipped_nodata=totals["skipped"]),
                        building_pixels=totals["building"],
-                       building_fraction=totals["building"] / totals["valid"] if totals["valid"] else 0.0)
-        if truth is not None:
-            metrics.update(labels=mosaic.labels, **confusion.summary())
-        if footprints is not None:
-            vectors = footprints.finish()
-            metrics.update(building_count=vectors.pop("buildings_raw"), **vectors)
-            publish_file(footprints.writer.path, join(mosaic.out, footprint_file(cfg.polygons.format)), cfg.s3)
-        else:
-            metrics["building_count"] = components.count
-        if "prob" in files:
-            publish_file(files["prob"], join(mosaic.out, "prob.tif"), cfg.s3)
-        if canvas is not None:
-            write_bytes(join(mosaic.out, "preview.png"), canvas.png(), cfg.s3)
-        write_bytes(join(mosaic.out, "metrics.json"), json.dumps(metrics, indent=1).encode(), cfg.s3)
-        publish_file(files["mask"], join(mosaic.out, "mask.tif"), cfg.s3)
+                       building_fraction=totals["building"] / totals["valid"] if totals["valid"] else 0.0,
+                       building_count=self.components.count)
+        if self.truth is not None:
+            metrics.update(labels=self.mosaic.labels, **self.confusion.summary())
         return metrics
-    except BaseException:
-        if footprints is not None:
-            footprints.abort()
-        raise
-    finally:
-        for writer in writers.values():
+
+    def publish(self) -> dict:
+        """Finish every output and publish it, mask.tif last; the metrics, as metrics.json holds them."""
+        cfg, out = self.cfg, self.mosaic.out
+        with self.ledger("cog"):
+            files = {name: writer.finish() for name, writer in self.writers.items()}
+        metrics = self.metrics()
+        if self.footprints is not None:
+            with self.ledger("footprints"):
+                vectors = self.footprints.finish()
+            metrics.update(building_count=vectors.pop("buildings_raw"), **vectors)
+            publish_file(self.footprints.writer.path, join(out, footprint_file(cfg.polygons.format)), cfg.s3)
+        if "prob" in files:
+            publish_file(files["prob"], join(out, "prob.tif"), cfg.s3)
+        if self.canvas is not None:
+            with self.ledger("preview"):
+                png = self.canvas.png()
+            write_bytes(join(out, "preview.png"), png, cfg.s3)
+        metrics["assembly_cpu_s"] = {step: round(seconds, 4) for step, seconds in sorted(self.ledger.seconds.items())}
+        write_bytes(join(out, "metrics.json"), json.dumps(metrics, indent=1).encode(), cfg.s3)
+        publish_file(files["mask"], join(out, "mask.tif"), cfg.s3)
+        return metrics
+
+    def close(self, failed: bool) -> None:
+        if failed and self.footprints is not None:
+            self.footprints.abort()
+        for writer in self.writers.values():
             writer.close()
-        if truth is not None:
-            truth.close()
+        if self.truth is not None:
+            self.truth.close()
+
+
+def assemble_mosaic(mosaic: MosaicOutputs, cfg: Config) -> dict:
+    """Stream `mosaic`'s block files into its outputs, publishing mask.tif last; returns its metrics (with the CPU
+    seconds each step of the assembly took, `assembly_cpu_s`)."""
+    started_at = time.time()
+    local = tempfile.mkdtemp(prefix="segcore-assemble-")
+    assembly, failed = None, True
+    try:
+        assembly = _Assembly(mosaic, cfg, local)
+        for block in mosaic.blocks:
+            assembly.add(block)
+        metrics = assembly.publish()
+        failed = False
+        return dict(metrics, assembly_started_at=started_at, assembly_finished_at=time.time())
+    finally:
+        if assembly is not None:
+            assembly.close(failed)
         shutil.rmtree(local, ignore_errors=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -26,12 +25,12 @@ class BlockResult:
     mask: np.ndarray  # uint8 [h, w] of the block's core
     tiles_computed: int
     tiles_skipped: int  # tiles holding nodata only: never sent to the model
-    probability: Optional[np.ndarray] = None  # uint8 [h, w]
-    thumbnail: Optional[np.ndarray] = None  # uint8 RGB [3, h', w'] of the core at the preview's scale
-    vectors: Optional[bytes] = None  # segcore.vectors.polygonize.BlockVectors.to_bytes()
+    probability: np.ndarray | None = None  # uint8 [h, w]
+    thumbnail: np.ndarray | None = None  # uint8 RGB [3, h', w'] of the core at the preview's scale
+    vectors: bytes | None = None  # segcore.vectors.polygonize.BlockVectors.to_bytes()
 
 
-def save_block(path: str, result: BlockResult, s3: Optional[S3Config] = None) -> None:
+def save_block(path: str, result: BlockResult, s3: S3Config | None = None) -> None:
     """Write one block's results atomically (temporary name + rename locally, one PUT on S3)."""
     arrays = {"mask": result.mask, "tiles": np.array([result.tiles_computed, result.tiles_skipped], np.int64)}
     for name in ("probability", "thumbnail"):
@@ -44,7 +43,7 @@ def save_block(path: str, result: BlockResult, s3: Optional[S3Config] = None) ->
     write_bytes(path, buffer.getvalue(), s3)
 
 
-def load_block(path: str, s3: Optional[S3Config] = None) -> BlockResult:
+def load_block(path: str, s3: S3Config | None = None) -> BlockResult:
     with np.load(io.BytesIO(filesystem(path, s3).cat_file(path)), allow_pickle=False) as data:
         tiles = [int(v) for v in data["tiles"]]
         optional = {name: data[name] if name in data.files else None for name in ("probability", "thumbnail")}

@@ -39,7 +39,8 @@ class ComponentCounter:
 
     def add(self, mask: np.ndarray, block: Block) -> None:
         """Feed the core mask (1 = building) of `block`."""
-        count, local = cv2.connectedComponents((mask == MASK_BUILDING).astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+        count, local = cv2.connectedComponents((mask == MASK_BUILDING).astype(np.uint8), connectivity=4,
+                                                ltype=cv2.CV_32S)
         offset = len(self.parent) - 1
         labels = np.where(local > 0, local.astype(np.int64) + offset, 0)
         self.parent.extend(range(offset + 1, offset + count))

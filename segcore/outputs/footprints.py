@@ -8,9 +8,9 @@ Memory stays at about a row of blocks' buildings plus, for vector labels, the tr
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import numpy as np
+import shapely
 from rasterio.control import GroundControlPoint
 from rasterio.transform import from_gcps
 
@@ -47,7 +47,7 @@ class MosaicFootprints:
     """Feed every block of a mosaic to `add`, in plan order; `finish` closes the file and returns the metrics."""
 
     def __init__(self, info: RasterInfo, key: str, blocks: list[Block], local_path: str, cfg: Config,
-                 labels: Optional[MaskRaster | Polygons] = None, labels_path: Optional[str] = None):
+                 labels: MaskRaster | Polygons | None = None, labels_path: str | None = None):
         self.info, self.key, self.cfg = info, key, cfg.polygons
         self.frame = ground_frame(info)
         if self.frame.crs is None:
@@ -56,8 +56,8 @@ class MosaicFootprints:
         self.writer = VectorWriter(local_path, self.cfg.format, self.frame.output_crs(self.cfg.crs))
         self.merger = FragmentMerger()
         self.raw = 0  # buildings before cleaning (the mask's 4-connected components)
-        self.evaluator: Optional[ObjectEvaluator] = None
-        self.label_raster: Optional[MaskRaster] = None
+        self.evaluator: ObjectEvaluator | None = None
+        self.label_raster: MaskRaster | None = None
         if labels is not None:
             reach = reach_px(self.cfg, self.frame)
             if isinstance(labels, MaskRaster):
@@ -67,8 +67,8 @@ class MosaicFootprints:
                 truths = read_truth_polygons(labels_path or labels.path, info, cfg.s3)
                 self.evaluator = ObjectEvaluator(blocks, truths, iou_threshold=self.cfg.match_iou, reach=reach)
 
-    def add(self, block: Block, vectors: Optional[bytes], mask: np.ndarray,
-            probability: Optional[np.ndarray]) -> list[np.ndarray]:
+    def add(self, block: Block, vectors: bytes | None, mask: np.ndarray,
+            probability: np.ndarray | None) -> list[shapely.Geometry]:
         """Take one block (its stored vectors, or its mask to polygonize); returns the clean outlines it finished,
         in mosaic pixel coordinates (for the preview)."""
         block_vectors = BlockVectors.from_bytes(vectors) if vectors is not None else polygonize_block(

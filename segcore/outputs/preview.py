@@ -7,7 +7,7 @@ are written, the final polygons) is drawn over it. Nodata is dark grey.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -56,7 +56,7 @@ class PreviewCanvas:
         shape = (max(1, math.floor(height * self.scale + 0.5)), max(1, math.floor(width * self.scale + 0.5)))
         self.rgb = np.zeros((*shape, 3), np.uint8)
         self.mask = np.full(shape, MASK_NODATA, np.uint8)
-        self.footprints: Optional[np.ndarray] = None  # (fill, outline) of drawn polygons, when footprints are written
+        self.footprints: np.ndarray | None = None  # (fill, outline) of drawn polygons, when footprints are written
 
     def add(self, block: Block, image: np.ndarray, mask: np.ndarray) -> None:
         """A block's thumbnail (`thumbnail`) and its core mask (shown with nearest-neighbour sampling)."""
@@ -67,7 +67,7 @@ class PreviewCanvas:
         self.rgb[rows, cols] = image.transpose(1, 2, 0)
         self.mask[rows, cols] = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
 
-    def draw_polygons(self, geometry: np.ndarray) -> None:
+    def draw_polygons(self, geometry: Sequence[shapely.Geometry]) -> None:
         """Draw polygons given in mosaic pixel coordinates: the final footprints, shown instead of the raw mask."""
         if self.footprints is None:
             self.footprints = np.zeros((2, *self.mask.shape), np.uint8)

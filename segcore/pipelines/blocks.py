@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Optional
 
 import numpy as np
 
@@ -48,18 +47,19 @@ class BlockReader:
 
     def __call__(self, row: dict) -> dict:
         started = time.process_time()
+        rgb, valid, small = np.zeros((3, 0, 0), np.uint8), np.zeros((0, 0), bool), np.zeros((3, 0, 0), np.uint8)
+        error, read_s = "", 0.0
         try:
             block = block_of(row)
             with open_raster(row["path"], self.s3, self.http) as dataset:
                 rgb, valid = read_rgb(dataset, block.read_window, self.input_cfg)
-            scale = float(row["preview_scale"])
-            small = thumbnail(block.crop(rgb), block, scale) if scale else np.zeros((3, 0, 0), np.uint8)
-            error = ""
-        except Exception as exc:  # noqa: BLE001 - any failure of one input's read must not stop the others
-            rgb, valid, small = np.zeros((3, 0, 0), np.uint8), np.zeros((0, 0), bool), np.zeros((3, 0, 0), np.uint8)
+            read_s = time.process_time() - started
+            if float(row["preview_scale"]):
+                small = thumbnail(block.crop(rgb), block, float(row["preview_scale"]))
+        except Exception as exc:
             error = _failure(row, exc, writing=False)
-        return dict(row, rgb=rgb, valid=valid, thumbnail=small, error=error,
-                    read_cpu_s=time.process_time() - started)
+        return dict(row, rgb=rgb, valid=valid, thumbnail=small, error=error, cpu_read=read_s,
+                    cpu_thumbnail=time.process_time() - started - read_s)
 
 
 class BlockWriter:
@@ -72,23 +72,23 @@ class BlockWriter:
     def __call__(self, row: dict) -> dict:
         started = time.process_time()
         out = {name: value for name, value in row.items() if name not in ("mask", "probability", "thumbnail")}
+        polygons_s = 0.0
         if row["error"]:
-            return dict(out, write_cpu_s=0.0)
+            return dict(out, cpu_polygonize=0.0, cpu_write_block=0.0)
         try:
             block, mask = block_of(row), row["mask"]
-            probability: Optional[np.ndarray] = row["probability"] if row["probability"].size else None
+            probability: np.ndarray | None = row["probability"] if row["probability"].size else None
             vectors = None
             if self.polygons:
-                from segcore.vectors.polygonize import (
-                    polygonize_block,  # shapely: only when footprints are on
-                )
+                from segcore.vectors.polygonize import polygonize_block
 
                 vectors = polygonize_block(mask, probability, block, int(row["mosaic_width"]),
                                            int(row["mosaic_height"])).to_bytes()
+                polygons_s = time.process_time() - started
             result = BlockResult(mask, int(row["tiles"]), int(row["skipped"]),
                                  probability if self.keep_probability else None,
                                  row["thumbnail"] if row["thumbnail"].size else None, vectors)
             save_block(str(row["dest"]), result, self.s3)
-        except Exception as exc:  # noqa: BLE001 - e.g. a denied write: fail this input, not the run
+        except Exception as exc:
             out["error"] = _failure(row, exc, writing=True)
-        return dict(out, write_cpu_s=time.process_time() - started)
+        return dict(out, cpu_polygonize=polygons_s, cpu_write_block=time.process_time() - started - polygons_s)

@@ -9,7 +9,6 @@ their confusion counts and histograms, which is exact: every patch is scored onc
 from __future__ import annotations
 
 import copy
-from typing import Optional
 
 import numpy as np
 import ray
@@ -46,7 +45,7 @@ class PatchScorer:
 
 
 def run_evaluation(cfg: Config, checkpoint: str, data_root: str, split: str = "test",
-                   threshold: Optional[float] = None) -> dict:
+                   threshold: float | None = None) -> dict:
     """Metrics of a checkpoint (segcore or fork) on one split of the patch dataset at `data_root`."""
     if split not in SPLITS:
         raise InputError(f"split {split!r} is unknown: expected one of {', '.join(SPLITS)}")

@@ -163,7 +163,7 @@ def plan_dataset(images: list[str], labels: list[str], output: str, cfg: Config,
         if other != source.path:
             raise InputError(f"{source.path}: has the same file stem as {other}, so their patch names would collide")
     sizes, empty = [], []
-    for image, label in zip(image_paths, label_paths):
+    for image, label in zip(image_paths, label_paths, strict=True):
         with open_raster(image, cfg.s3, cfg.http) as dataset:
             info = raster_info(dataset, image)
             check_imagery(info, cfg.input)
@@ -179,9 +179,11 @@ def plan_dataset(images: list[str], labels: list[str], output: str, cfg: Config,
     _check_output(output, cfg, overwrite)
 
     block, cells, splits = _split_squares(sizes, cfg.prepare)
+    squares = [Square(row, col, height, width, split)
+               for (_, row, col, height, width), split in zip(cells, splits, strict=True)]
     jobs = tuple(MosaicJob(source.path, label, _patch_stem(source.name), w, h,
-                           tuple(Square(*cell[1:], split) for cell, split in zip(cells, splits) if cell[0] == m))
-                 for m, (source, label, (w, h)) in enumerate(zip(sources, label_paths, sizes)))
+                           tuple(square for cell, square in zip(cells, squares, strict=True) if cell[0] == m))
+                 for m, (source, label, (w, h)) in enumerate(zip(sources, label_paths, sizes, strict=True)))
     return DatasetPlan(output, jobs, cfg, overwrite, started, block)
 
 
@@ -189,7 +191,10 @@ def _wanted_splits(cfg: PrepareConfig) -> list[str]:
     return [split for split in SPLITS if getattr(cfg, f"{split}_ratio") > 0]
 
 
-def _split_squares(sizes: list[tuple[int, int]], cfg: PrepareConfig) -> tuple[int, list[tuple], list[str]]:
+Cell = tuple[int, int, int, int, int]  # mosaic, row, col, height, width
+
+
+def _split_squares(sizes: list[tuple[int, int]], cfg: PrepareConfig) -> tuple[int, list[Cell], list[str]]:
     """The square size, the squares (mosaic, row, col, height, width) and their splits.
 
     Mosaics smaller than a few split_block squares would leave val or test without a square: the square size

@@ -7,9 +7,10 @@ Worker side: `all_reduce` sums `EpochStats` over the workers, `unwrap` takes DDP
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import ray
 import ray.train
@@ -34,7 +35,7 @@ from segcore.training import EpochStats
 PATCH_BATCH = 16  # patches decoded per Ray Data task
 
 
-def check_split(root: str, split: str, cfg: Config, tile_size: Optional[int] = None) -> tuple[list, int]:
+def check_split(root: str, split: str, cfg: Config, tile_size: int | None = None) -> tuple[list, int]:
     """(image, label) pairs of one split and their patch size, after checking every file's size.
 
     With `tile_size`, every patch must be tile_size x tile_size (training); without, every patch must have the
@@ -50,7 +51,7 @@ def check_split(root: str, split: str, cfg: Config, tile_size: Optional[int] = N
     if tile_size is None and (sizes[0][0] != sizes[0][1] or size % INPUT_SIZE_MULTIPLE):
         raise InputError(f"{paths[0]}: patch is {sizes[0][1]}x{sizes[0][0]}, expected a square whose side is a "
                          f"multiple of {INPUT_SIZE_MULTIPLE}")
-    for path, (height, width) in zip(paths, sizes):
+    for path, (height, width) in zip(paths, sizes, strict=True):
         if (height, width) != (size, size):
             what = "(train.tile_size)" if tile_size else f"(the size of {paths[0]})"
             raise InputError(f"{path}: patch is {width}x{height}, expected {size}x{size} {what}")

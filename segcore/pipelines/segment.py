@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Optional
+from typing import cast
 
 import numpy as np
 import ray
@@ -47,6 +47,7 @@ from segcore.labels import match_labels, open_labels
 from segcore.outputs.assemble import MosaicOutputs, assemble_mosaic, remove_outputs
 from segcore.outputs.blockfile import block_file
 from segcore.outputs.preview import preview_scale
+from segcore.outputs.runlog import MosaicRun, RunLog
 from segcore.pipelines import init_ray
 from segcore.pipelines.blocks import BlockReader, BlockWriter, block_of
 from segcore.raster.grid import Block, block_tiles, segment_blocks
@@ -71,6 +72,10 @@ from segcore.storage import (
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 WORK_DIR = ".work"
+INFERENCE_STEPS = ("tiling", "forward", "blend", "threshold")
+# The CPU-seconds ledger of a run, by stage, summed over every process. On a GPU cluster the inference steps are
+# the GPU's work (launched by the host), the others the CPUs': the stream's stages here, the assembly's below.
+STREAM_STAGES = ("read", "thumbnail", *INFERENCE_STEPS, "polygonize", "write_block")
 BLOCK_FORMAT = "segcore-block/2"  # bump when the block files change meaning
 
 
@@ -80,13 +85,13 @@ class InputJob:
 
     path: str
     key: str = ""
-    info: Optional[RasterInfo] = None
-    labels: Optional[str] = None
+    info: RasterInfo | None = None
+    labels: str | None = None
     work: str = ""  # OUT/.work/<key>-<hash>
     out: str = ""  # OUT/<key>
     blocks: list[Block] = field(default_factory=list)
     todo: list[int] = field(default_factory=list)  # indexes of blocks without a block file
-    error: Optional[str] = None
+    error: str | None = None
 
 
 @dataclass
@@ -97,7 +102,8 @@ class SegmentPlan:
     threshold: float
     settings: dict  # everything that changes the block files; hashed into the work directory names
     jobs: list[InputJob]
-    started: float = field(default_factory=time.perf_counter)
+    started_at: float = field(default_factory=time.time)  # the wall clock at planning
+    started_cpu: float = field(default_factory=time.process_time)  # the driver's CPU clock at planning
 
 
 def _digest(data: object) -> str:
@@ -110,7 +116,7 @@ def input_keys(names: list[str]) -> list[str]:
     keys = [re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "input" for name in names]
     counts = Counter(keys)
     return [f"{key}-{hashlib.sha256(f'{i}:{name}'.encode()).hexdigest()[:8]}" if counts[key] > 1 else key
-            for i, (key, name) in enumerate(zip(keys, names))]
+            for i, (key, name) in enumerate(zip(keys, names, strict=True))]
 
 
 def _identity(path: str, cfg: Config) -> dict:
@@ -124,7 +130,7 @@ def _finished_blocks(work: str, cfg: Config) -> set[str]:
         work) else set()
 
 
-def _effective_input(cfg: Config, stored: Optional[InputConfig]) -> InputConfig:
+def _effective_input(cfg: Config, stored: InputConfig | None) -> InputConfig:
     """The config's input section when it names anything, else the checkpoint's (fork checkpoints have none)."""
     return cfg.input if cfg.input != InputConfig() or stored is None else stored
 
@@ -157,7 +163,7 @@ def plan_segment(inputs: list[str], checkpoint: str, output: str, cfg: Config,
     Raises InputError (nothing can start) for a bad checkpoint, an unwritable output or labels that do
     not pair with the inputs.
     """
-    started = time.perf_counter()
+    started_at, started_cpu = time.time(), time.process_time()
     checkpoint = absolute(str(checkpoint))
     loaded = load_model(checkpoint, cfg.model, cfg.s3)
     cfg = dataclasses.replace(cfg, input=_effective_input(cfg, loaded.input_cfg))
@@ -173,12 +179,12 @@ def plan_segment(inputs: list[str], checkpoint: str, output: str, cfg: Config,
         write_bytes(join(output, WORK_DIR, "settings.json"), json.dumps(settings, indent=1).encode(), cfg.s3)
     except OSError as exc:
         raise InputError(describe_error(output, exc)) from None
-    plan = SegmentPlan(cfg, checkpoint, output, threshold, settings, [], started)
+    plan = SegmentPlan(cfg, checkpoint, output, threshold, settings, [], started_at, started_cpu)
     sources = expand(inputs, cfg, fail_alone=True)
     good = [source for source in sources if not source.error]
     label_paths = match_labels(good, [absolute(str(p)) for p in labels], cfg.s3) if labels else [None] * len(good)
     plan.jobs = [InputJob(source.path, error=source.error) for source in sources if source.error]
-    for source, key, label in zip(good, input_keys([source.name for source in good]), label_paths):
+    for source, key, label in zip(good, input_keys([source.name for source in good]), label_paths, strict=True):
         job = InputJob(source.path, key, labels=label)
         try:
             _plan_input(job, plan)
@@ -196,7 +202,7 @@ class BlockSegmenter:
     thresholding, returning the core's uint8 mask (and probability) for the writers."""
 
     def __init__(self, checkpoint: str, cfg: Config, threshold: float,
-                 model_factory: Optional[Callable[[], torch.nn.Module]] = None):
+                 model_factory: Callable[[], torch.nn.Module] | None = None):
         self.cfg, self.threshold = cfg, threshold
         seg = cfg.segment
         self.device = pick_device(seg.gpus_per_actor)
@@ -206,33 +212,39 @@ class BlockSegmenter:
         model = model.to(self.device)
         if seg.channels_last:  # faster on CUDA, and with oneDNN on the CPU too
             model = model.to(memory_format=torch.channels_last)
-        self.model = torch.compile(model) if seg.compile else model
+        # torch.compile returns a module (OptimizedModule); its annotation says only "a callable"
+        self.model = cast(torch.nn.Module, torch.compile(model)) if seg.compile else model
         self.keep_probability = seg.write_probability or seg.write_polygons  # polygons carry a confidence
 
     def _segment(self, row: dict) -> dict:
         seg = self.cfg.segment
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         block = block_of(row)
         tiles = block_tiles(block, int(row["mosaic_width"]), int(row["mosaic_height"]), seg.tile_size, seg.overlap)
         prediction = predict_block(self.model, row["rgb"], row["valid"], tile_size=seg.tile_size,
                                    overlap=seg.overlap, batch_size=seg.batch_size, device=self.device,
                                    precision=seg.precision, channels_last=seg.channels_last, origins=tiles)
         probability = block.crop(prediction.probability)
-        return dict(mask=to_mask(probability, self.threshold), tiles=prediction.tiles_computed,
+        clock = time.thread_time()
+        mask = to_mask(probability, self.threshold)
+        probability_bytes = to_probability_bytes(probability) if self.keep_probability else np.zeros(0, np.uint8)
+        cpu = {f"cpu_{step}": seconds for step, seconds in prediction.cpu_s.items()}
+        return dict(mask=mask, probability=probability_bytes, tiles=prediction.tiles_computed,
                     skipped=prediction.tiles_skipped, pixels=block.width * block.height,
-                    probability=to_probability_bytes(probability) if self.keep_probability else np.zeros(0, np.uint8),
-                    seconds=time.perf_counter() - started)
+                    seconds=time.perf_counter() - started, cpu_threshold=time.thread_time() - clock,
+                    started_at=started_at, finished_at=time.time(), **cpu)
 
     def __call__(self, batch: dict) -> dict:
         rows = []
         for i in range(len(batch["index"])):
             row = {name: batch[name][i] for name in batch if name not in ("rgb", "valid")}
             result = dict(mask=np.zeros((0, 0), np.uint8), probability=np.zeros(0, np.uint8), tiles=0, skipped=0,
-                          pixels=0, seconds=0.0)
+                          pixels=0, seconds=0.0, started_at=0.0, finished_at=0.0,
+                          **{f"cpu_{step}": 0.0 for step in INFERENCE_STEPS})
             if not row["error"]:
                 try:
                     result = self._segment({**row, "rgb": batch["rgb"][i], "valid": batch["valid"][i]})
-                except Exception as exc:  # noqa: BLE001 - fail this input, not the run
+                except Exception as exc:
                     row["error"] = str(exc) if isinstance(exc, InputError) else describe_error(str(row["path"]), exc)
             rows.append({**row, **result})
         return {name: _column([row[name] for row in rows]) for name in rows[0]}
@@ -272,32 +284,24 @@ def _pool_size(setting: int, cpus_each: float, reserved: float) -> int:
     return max(1, math.floor(spare / cpus_each))
 
 
-def _dataset(plan: SegmentPlan, items: list[dict], model_factory: Optional[Callable] = None):
+def _dataset(plan: SegmentPlan, items: list[dict], model_factory: Callable | None = None):
     cfg = plan.cfg
     seg = cfg.segment
     inference_cpus = seg.actors * seg.cpus_per_actor
     readers = _pool_size(seg.readers, seg.cpus_per_reader, inference_cpus)
     writers = _pool_size(seg.writers, seg.cpus_per_writer, inference_cpus)
     return (ray.data.from_items(items, override_num_blocks=len(items))
-            .map(BlockReader, fn_constructor_kwargs=dict(input_cfg=cfg.input, s3=cfg.s3, http=cfg.http),
+            # Ray takes a callable class (run as an actor pool) where its annotation names only functions
+            .map(BlockReader, fn_constructor_kwargs=dict(input_cfg=cfg.input, s3=cfg.s3, http=cfg.http),  # type: ignore[arg-type]
                  num_cpus=seg.cpus_per_reader, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=readers))
             .map_batches(BlockSegmenter, fn_constructor_kwargs=dict(
                 checkpoint=plan.checkpoint, cfg=cfg, threshold=plan.threshold, model_factory=model_factory),
                 batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=seg.actors),
                 num_cpus=seg.cpus_per_actor, num_gpus=seg.gpus_per_actor)
-            .map(BlockWriter, fn_constructor_kwargs=dict(s3=cfg.s3, keep_probability=seg.write_probability,
-                                                         polygons=seg.write_polygons),
+            .map(BlockWriter,  # type: ignore[arg-type]
+                 fn_constructor_kwargs=dict(s3=cfg.s3, keep_probability=seg.write_probability,
+                                            polygons=seg.write_polygons),
                  num_cpus=seg.cpus_per_writer, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=writers)))
-
-
-def _run_metrics(job: InputJob, plan: SegmentPlan, run: Counter) -> dict:
-    """What this run did for an input: blocks computed and reused, and the inference actors' rate on them."""
-    seconds = run["seconds"]
-    return dict(input=job.path, key=job.key, output=job.out, threshold=plan.threshold,
-                blocks=dict(total=len(job.blocks), computed=run["blocks"], reused=len(job.blocks) - run["blocks"]),
-                tiles_computed_this_run=run["tiles"], seconds=round(seconds, 3),
-                tiles_per_s=round(run["tiles"] / seconds, 3) if seconds else None,
-                megapixels_per_s=round(run["pixels"] / 1e6 / seconds, 4) if seconds else None)
 
 
 def _report(metrics: dict) -> str:
@@ -314,18 +318,16 @@ def _report(metrics: dict) -> str:
 class _Assemblies:
     """The mosaics' assembly tasks: started as each mosaic's last block is written, collected as they end."""
 
-    def __init__(self, plan: SegmentPlan):
-        self.plan = plan
+    def __init__(self, plan: SegmentPlan, log: RunLog):
+        self.plan, self.log = plan, log
         self.task = ray.remote(assemble_mosaic).options(num_cpus=plan.cfg.segment.cpus_per_assembly)
         self.running: dict = {}  # ObjectRef -> job number
         self.results: dict[int, dict] = {}
 
-    def start(self, number: int, run: Counter) -> None:
+    def start(self, number: int) -> None:
         job = self.plan.jobs[number]
-        assert job.info is not None
-        mosaic = MosaicOutputs(job.info, job.key, tuple(job.blocks), job.work, job.out, job.labels,
-                               _run_metrics(job, self.plan, run))
-        self.running[self.task.remote(mosaic, self.plan.cfg)] = number
+        run = dict(input=job.path, output=job.out, **self.log.mosaics[number].metrics(self.plan.threshold))
+        self.running[self.task.remote(_outputs(job, run), self.plan.cfg)] = number
 
     def collect(self, wait: bool = False) -> None:
         if not self.running:
@@ -337,6 +339,7 @@ class _Assemblies:
             job = self.plan.jobs[number]
             try:
                 self.results[number] = ray.get(ref)
+                self.log.assembled(number, self.results[number])
                 print(_report(self.results[number]), flush=True)
             except ray.exceptions.RayTaskError as exc:  # one input's failed assembly must not stop the others
                 cause = exc.cause
@@ -349,12 +352,12 @@ class _Assemblies:
                 print(f"error: {job.error}", file=sys.stderr, flush=True)
 
 
-def _outputs(job: InputJob) -> MosaicOutputs:
+def _outputs(job: InputJob, run: dict | None = None) -> MosaicOutputs:
     assert job.info is not None
-    return MosaicOutputs(job.info, job.key, tuple(job.blocks), job.work, job.out, job.labels)
+    return MosaicOutputs(job.info, job.key, tuple(job.blocks), job.work, job.out, job.labels, run or {})
 
 
-def run_segment(plan: SegmentPlan, model_factory: Optional[Callable[[], torch.nn.Module]] = None) -> dict:
+def run_segment(plan: SegmentPlan, model_factory: Callable[[], torch.nn.Module] | None = None) -> dict:
     """Segment every planned input (on the running Ray, else a local one); writes OUT/summary.json, returns it.
 
     `model_factory` replaces the checkpoint's model in the inference actors: for benchmarks' stand-ins only
@@ -362,56 +365,58 @@ def run_segment(plan: SegmentPlan, model_factory: Optional[Callable[[], torch.nn
     """
     init_ray()
     cfg = plan.cfg
-    runs = {n: Counter(blocks=0, tiles=0, pixels=0, seconds=0.0) for n in range(len(plan.jobs))}
     pending = {n: len(job.todo) for n, job in enumerate(plan.jobs) if not job.error}
-    assemblies = _Assemblies(plan)
+    log = RunLog({n: MosaicRun(job.key, len(job.blocks), len(job.todo)) for n, job in enumerate(plan.jobs)},
+                 plan.started_at)
+    assemblies = _Assemblies(plan, log)
     for number in pending:
         remove_outputs(_outputs(plan.jobs[number]), cfg)
     for number in [n for n, count in pending.items() if count == 0]:
-        assemblies.start(number, runs[number])
+        assemblies.start(number)
     items = _descriptors(plan)
     try:
         for row in (_dataset(plan, items, model_factory).iter_rows() if items else ()):
             number = int(row["input"])
             job = plan.jobs[number]
             if not row["error"]:
-                runs[number].update(blocks=1, tiles=int(row["tiles"]), pixels=int(row["pixels"]),
-                                    seconds=float(row["seconds"]))
+                log.block_done(number, row, STREAM_STAGES)
             elif not job.error:
                 job.error = str(row["error"])
                 print(f"error: {job.error}", file=sys.stderr, flush=True)
             pending[number] -= 1
             if pending[number] == 0 and not job.error:
-                assemblies.start(number, runs[number])
+                assemblies.start(number)
             assemblies.collect()
-    except Exception as exc:  # noqa: BLE001 - the pipeline itself failed: every unfinished input failed with it
+    except Exception as exc:
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         for number, count in pending.items():
             if count > 0 and not plan.jobs[number].error:
                 plan.jobs[number].error = f"{plan.jobs[number].path}: segmentation pipeline failed ({reason})"
                 print(f"error: {plan.jobs[number].error}", file=sys.stderr, flush=True)
+    log.end_progress()
     assemblies.collect(wait=True)
-    return _summary(plan, runs, assemblies.results, model_factory)
+    log.ledger["driver"] = time.process_time() - plan.started_cpu
+    return _summary(plan, log, assemblies.results, model_factory)
 
 
-def _summary(plan: SegmentPlan, runs: dict[int, Counter], results: dict[int, dict],
-             model_factory: Optional[Callable]) -> dict:
-    seconds = time.perf_counter() - plan.started
-    tiles = sum(run["tiles"] for run in runs.values())
-    pixels = sum(run["pixels"] for run in runs.values())
+def _summary(plan: SegmentPlan, log: RunLog, results: dict[int, dict], model_factory: Callable | None) -> dict:
+    seconds = log.now()
+    counts = {key: sum(run.counts[key] for run in log.mosaics.values()) for key in ("blocks", "tiles", "pixels")}
     summary = dict(checkpoint=plan.checkpoint, output=plan.output, threshold=plan.threshold,
                    settings_sha256=_digest(plan.settings), seconds=round(seconds, 3),
                    ok=sum(1 for job in plan.jobs if not job.error), failed=sum(1 for job in plan.jobs if job.error),
-                   blocks_computed=sum(run["blocks"] for run in runs.values()), tiles_computed=tiles,
-                   tiles_per_s=round(tiles / seconds, 3), megapixels_per_s=round(pixels / 1e6 / seconds, 4),
-                   inputs=[dict(input=job.path, key=job.key, status="failed", error=job.error) if job.error else
-                           dict(input=job.path, key=job.key, status="ok", metrics=results.get(n))
-                           for n, job in enumerate(plan.jobs)])
+                   blocks_computed=counts["blocks"], tiles_computed=counts["tiles"],
+                   tiles_per_s=round(counts["tiles"] / seconds, 3),
+                   megapixels_per_s=round(counts["pixels"] / 1e6 / seconds, 4),
+                   cpu_s={stage: round(cpu, 3) for stage, cpu in log.ledger.items()},
+                   inputs=[dict(input=job.path, key=job.key, status="failed", error=job.error,
+                                timeline=log.mosaics[n].timeline()) if job.error else
+                           dict(input=job.path, key=job.key, status="ok", timeline=log.mosaics[n].timeline(),
+                                metrics=results.get(n)) for n, job in enumerate(plan.jobs)])
     if model_factory is not None:
         summary["stand_in_model"] = getattr(model_factory, "__qualname__", repr(model_factory))
     try:
         write_bytes(join(plan.output, "summary.json"), json.dumps(summary, indent=1).encode(), plan.cfg.s3)
-    except Exception as exc:  # noqa: BLE001 - e.g. a full disk: one line (after the inputs' own), not a traceback
+    except Exception as exc:
         raise InputError(describe_error(join(plan.output, "summary.json"), exc)) from None
     return summary
-

@@ -12,7 +12,7 @@ import dataclasses
 import os
 import tempfile
 import time
-from typing import Optional
+from collections.abc import Callable
 
 import ray
 import ray.train
@@ -61,7 +61,7 @@ def _cpu_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
 
 
-def _restore(resume_from: Optional[str], cfg: Config) -> Optional[Checkpoint]:
+def _restore(resume_from: str | None, cfg: Config) -> Checkpoint | None:
     """Ray's latest checkpoint after a worker failure, else the --resume run's last.pt, else None."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -81,17 +81,17 @@ def _epoch_row(epoch: int, train: EpochStats, val: EpochStats, lr: float, began:
 
 def _train_loop(config: dict) -> None:
     cfg = config_from_dict(config["cfg"])
-    t, hooks = cfg.train, config["hooks"]
+    t, hooks = cfg.train, config["hooks"] or TrainHooks()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = worker_setup(cfg)
     torch.manual_seed(t.seed)
-    model = build_model(**dataclasses.asdict(cfg.model))
+    model: torch.nn.Module = build_model(**dataclasses.asdict(cfg.model))
     state = _restore(config["resume_from"], cfg)
     if state is not None:
         model.load_state_dict(state.state_dict)
     elif config["init_weights"] is not None:  # checked on the driver: these keys fit this model
-        model.load_state_dict(ray.get(config["init_weights"]), strict=False)
+        model.load_state_dict(ray.get(config["init_weights"]), strict=True)
     if hooks.on_start:
         hooks.on_start(model, rank)
     if t.channels_last and device.type == "cuda":
@@ -114,7 +114,7 @@ def _train_loop(config: dict) -> None:
         batches = train_shard.iter_batches(batch_size=t.batch_size, batch_format="numpy",
                                            local_shuffle_buffer_size=4 * t.batch_size,
                                            local_shuffle_seed=t.seed * 100_003 + epoch * 101 + rank)
-        on_batch = (lambda i, epoch=epoch: hooks.on_batch(epoch, i, rank)) if hooks.on_batch else None
+        on_batch = _batch_hook(hooks, epoch, rank)
         train_stats = all_reduce(train_one_epoch(model, batches, loss_fn, optimizer, device, t, on_batch), device)
         train_seconds = time.perf_counter() - began
         # Evaluate the bare module: DDP's forward broadcasts buffers, a collective that would hang when
@@ -131,23 +131,29 @@ def _train_loop(config: dict) -> None:
                 print(f"early stop at epoch {epoch}: no better val IoU for {t.early_stop_patience} epochs", flush=True)
             break
     if "test" in config["splits"] and progress.best_state_dict is not None:
-        _test(cfg, model, progress, loss_fn, device, rank)
+        _test(cfg, model, progress.best_epoch, progress.best_state_dict, loss_fn, device, rank)
 
 
-def _test(cfg: Config, model: torch.nn.Module, progress: Progress, loss_fn, device: torch.device, rank: int) -> None:
+def _batch_hook(hooks: TrainHooks, epoch: int, rank: int) -> Callable[[int], None] | None:
+    hook = hooks.on_batch
+    return None if hook is None else (lambda index: hook(epoch, index, rank))
+
+
+def _test(cfg: Config, model: torch.nn.Module, best_epoch: int, best_state_dict: dict, loss_fn,
+          device: torch.device, rank: int) -> None:
     """The best epoch's weights on the test split; rank 0 writes test_metrics.json."""
-    unwrap(model).load_state_dict(progress.best_state_dict)
+    unwrap(model).load_state_dict(best_state_dict)
     batches = ray.train.get_dataset_shard("test").iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy")
     test = all_reduce(evaluate(unwrap(model), batches, loss_fn, device, cfg.train), device)
     if rank == 0:
-        result = {"split": "test", "epoch": progress.best_epoch, "threshold": cfg.train.threshold, "loss": test.loss,
+        result = {"split": "test", "epoch": best_epoch, "threshold": cfg.train.threshold, "loss": test.loss,
                   "samples": test.samples, **test.counts.summary(), **test.histogram.summary()}
         RunDirectory(cfg.train.run_dir, cfg.s3).write_test_metrics(result)
         print(f"test: IoU {test.counts.iou:.4f}  F1 {test.counts.f1:.4f}  ({test.samples} patches)", flush=True)
 
 
 def _report(cfg: Config, model, optimizer, scheduler, row: dict, progress: Progress,
-            improved_val: Optional[EpochStats], rank: int) -> None:
+            improved_val: EpochStats | None, rank: int) -> None:
     """Rank 0 writes the run directory and hands Ray the full state; every rank calls report."""
     if rank != 0:
         ray.train.report(row)
@@ -161,7 +167,7 @@ def _report(cfg: Config, model, optimizer, scheduler, row: dict, progress: Progr
         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), config=cfg.to_dict(),
         progress=vars(saved))).to_bytes()
     best = None
-    if improved_val is not None:
+    if improved_val is not None and progress.best_state_dict is not None:
         histogram = improved_val.histogram
         best = Checkpoint(state_dict=progress.best_state_dict, **common,
                           best_f1_threshold=histogram.best_threshold("f1")[0],
@@ -205,7 +211,7 @@ def _initial_weights(cfg: Config) -> tuple[dict, str]:
     return weights, line
 
 
-def resume_config(run_dir: str, path: Optional[str], overrides: list[str] | tuple[str, ...]) -> Config:
+def resume_config(run_dir: str, path: str | None, overrides: list[str] | tuple[str, ...]) -> Config:
     """The config to continue the run in `run_dir` with: the run's own, with what the YAML file at `path` and the
     overrides set laid over it (e.g. more epochs)."""
     cfg = load_config(path, overrides)  # its s3 section says how to reach the run directory
@@ -218,7 +224,7 @@ def resume_config(run_dir: str, path: Optional[str], overrides: list[str] | tupl
     return load_config(path, overrides, base=stored.training.config)
 
 
-def run_training(cfg: Config, resume: Optional[str] = None, hooks: TrainHooks = TrainHooks()) -> dict:
+def run_training(cfg: Config, resume: str | None = None, hooks: TrainHooks | None = None) -> dict:
     """Train; returns the final reported metrics. `resume` is a run directory to continue from."""
     t = cfg.train
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(
@@ -233,7 +239,8 @@ def run_training(cfg: Config, resume: Optional[str] = None, hooks: TrainHooks = 
                          "or set train.run_dir to a new directory")
     init = _initial_weights(cfg) if t.init_from and not resume else None
     if not t.data_root:
-        raise InputError("train.data_root is not set: pass --set train.data_root=ROOT (ROOT/{train,val}/{images,labels})")
+        raise InputError("train.data_root is not set: "
+                         "pass --set train.data_root=ROOT (ROOT/{train,val}/{images,labels})")
     pairs = {split: check_split(t.data_root, split, cfg, t.tile_size)[0] for split in ("train", "val")}
     if exists(join(t.data_root, "test"), cfg.s3):
         pairs["test"] = check_split(t.data_root, "test", cfg, t.tile_size)[0]

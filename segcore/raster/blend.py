@@ -36,6 +36,6 @@ def accumulate(total: torch.Tensor, weights: torch.Tensor, probs: torch.Tensor, 
     """
     size = window.shape[0]
     weighted = probs * window
-    for (row, col), tile in zip(origins, weighted):
+    for (row, col), tile in zip(origins, weighted, strict=True):
         total[row:row + size, col:col + size] += tile
         weights[row:row + size, col:col + size] += window

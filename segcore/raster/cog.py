@@ -8,7 +8,6 @@ RPCs for a scene georeferenced by those.
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import numpy as np
 import rasterio
@@ -33,7 +32,7 @@ class CogWriter:
     equal pixels give byte-identical files however the windows were produced.
     """
 
-    def __init__(self, local_dir: str, name: str, info: RasterInfo, *, nodata: Optional[int], resampling: str,
+    def __init__(self, local_dir: str, name: str, info: RasterInfo, *, nodata: int | None, resampling: str,
                  masked: bool = False):
         self.temp = os.path.join(local_dir, f"{name}.partial.tif")
         self.cog = os.path.join(local_dir, f"{name}.tif")
@@ -47,9 +46,11 @@ class CogWriter:
         self.dataset = rasterio.open(self.temp, "w", **profile)
         write_ground_control(self.dataset, info)
 
-    def write(self, array: np.ndarray, window: Window, valid: Optional[np.ndarray] = None) -> None:
+    def write(self, array: np.ndarray, window: Window, valid: np.ndarray | None = None) -> None:
         self.dataset.write(array, 1, window=window)
         if self.masked:
+            if valid is None:
+                raise ValueError(f"{self.temp}: a masked COG needs the valid pixels of every window")
             self.dataset.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
 
     def finish(self) -> str:

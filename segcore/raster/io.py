@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -42,9 +42,9 @@ class RasterInfo:
     height: int
     count: int
     dtype: str
-    crs: Optional[str]  # WKT, or None for a raster with no geotransform-based georeference
+    crs: str | None  # WKT, or None for a raster with no geotransform-based georeference
     transform: tuple  # affine coefficients (a, b, c, d, e, f); the identity when there is no geotransform
-    nodata: Optional[float]
+    nodata: float | None
     # Ground control points (row, col, x, y, z, id, info), in `gcp_crs` (WKT): a scene georeferenced by GCPs.
     gcps: tuple[tuple[float, float, float, float, float, str, str], ...] = ()
     gcp_crs: str | None = None
@@ -152,7 +152,7 @@ def check_imagery(info: RasterInfo, input_cfg: InputConfig) -> None:
                          "(the pixel value that maps to full brightness, e.g. 4095 or 65535)")
 
 
-def to_uint8(array: np.ndarray, scale_max: Optional[float]) -> np.ndarray:
+def to_uint8(array: np.ndarray, scale_max: float | None) -> np.ndarray:
     """Scale pixel values so that `scale_max` maps to 255 (uint8 with no scale_max passes unchanged)."""
     if scale_max is None:
         if array.dtype != np.uint8:

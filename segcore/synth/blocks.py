@@ -341,6 +341,7 @@ def _building(scenery: Scenery, to_pixels: np.ndarray, free: Box, style: BlockSt
 def _footprint(rng: np.random.Generator, shape: str, w: float, d: float) -> tuple[np.ndarray, np.ndarray]:
     """Outline (open ring) and covering rectangles of a w x d footprint centred on the origin."""
     x0, x1, y0, y1 = -w / 2, w / 2, -d / 2, d / 2
+    outline: list[tuple[float, float]] | np.ndarray
     if shape == "L" and min(w, d) >= 2.5 * MIN_WING:
         a, b = w * rng.uniform(0.35, 0.6), d * rng.uniform(0.35, 0.6)
         outline = [(x0, y0), (x1, y0), (x1, y1 - b), (x1 - a, y1 - b), (x1 - a, y1), (x0, y1)]

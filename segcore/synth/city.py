@@ -69,9 +69,9 @@ def generate_city(output_dir: str | os.PathLike, width: int, height: int, seed: 
     footprints rasterized on the image grid bit for bit when `pixel_size` is a power of two
     (the default 0.5 m is); the layout itself is in pixels and does not depend on it.
     """
-    crs = CRS.from_user_input(crs)
-    epsg = crs.to_epsg()
-    if not crs.is_projected or epsg is None:
+    projected = CRS.from_user_input(crs)
+    epsg = projected.to_epsg()
+    if not projected.is_projected or epsg is None:
         raise ValueError(f"crs must be a projected CRS with an EPSG code, got {crs}")
     if not pixel_size > 0:
         raise ValueError(f"pixel_size must be positive, got {pixel_size}")
@@ -84,9 +84,9 @@ def generate_city(output_dir: str | os.PathLike, width: int, height: int, seed: 
     temporary = [path.with_name(f".{path.name}.{os.getpid()}.partial") for path in final]
     transform = scene_transform(pixel_size)
     try:
-        _write_rasters(plan, transform, crs, temporary[0], temporary[1])
+        _write_rasters(plan, transform, projected, temporary[0], temporary[1])
         _write_footprints(plan, transform, epsg, temporary[2])
-        for source, target in zip(temporary, final):
+        for source, target in zip(temporary, final, strict=True):
             os.replace(source, target)
     finally:
         for path in temporary:

@@ -11,6 +11,7 @@ All sizes are pixels at the nominal 0.5 m/px ground sampling distance.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -179,8 +180,8 @@ def _add_streets(scenery: Scenery, extent: float) -> None:
     for roads, crossing, frame in ((at_u, at_v, grid), (at_v, at_u, grid @ swap)):
         for road in roads:
             _add_road(scenery, frame, road, crossing, extent)
-    for u0, u1 in zip(at_u, at_u[1:]):
-        for v0, v1 in zip(at_v, at_v[1:]):
+    for u0, u1 in itertools.pairwise(at_u):
+        for v0, v1 in itertools.pairwise(at_v):
             lot = (u0.position + u0.edge, u1.position - u1.edge,
                    v0.position + v0.edge, v1.position - v1.edge)
             if lot[1] > lot[0] and lot[3] > lot[2] and _visible(scenery, apply(grid, rect(*lot))):
@@ -210,7 +211,7 @@ def _add_road(scenery: Scenery, frame: np.ndarray, road: _Road, crossing: list[_
     along = _off_junctions(rng.uniform(-extent, extent, rng.poisson(2 * extent / CAR_SPACING)),
                            CAR_LENGTH, crossing)
     lanes = road.position + rng.choice((-0.5, 0.5), len(along)) * road.half_width
-    for u, v in zip(lanes, along):
+    for u, v in zip(lanes, along, strict=True):
         car = apply(frame, rect(u - CAR_WIDTH / 2, u + CAR_WIDTH / 2, v, v + CAR_LENGTH))
         if _visible(scenery, car):
             scenery.vehicles.append((car, jitter(rng, CAR_COLOURS[rng.integers(len(CAR_COLOURS))])))
@@ -218,7 +219,7 @@ def _add_road(scenery: Scenery, frame: np.ndarray, road: _Road, crossing: list[_
         # Dashed centre line, interrupted at junctions.
         starts = _off_junctions(np.arange(-extent, extent, LANE_DASH + LANE_GAP), LANE_DASH, crossing)
         heads = np.stack([np.full_like(starts, road.position), starts], axis=1)
-        dashes = apply(frame, np.stack([heads, heads + (0.0, LANE_DASH)], axis=1))
+        dashes = apply(frame, np.stack([heads, heads + np.array([0.0, LANE_DASH])], axis=1))
         scenery.markings.extend(d for d in dashes if _visible(scenery, d))
 
 

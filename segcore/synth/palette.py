@@ -41,4 +41,4 @@ def jitter(rng: np.random.Generator, rgb: Colour, brightness: float = 0.06, tint
     """A random variation of a colour: overall brightness and a slight per-channel tint."""
     level, *channels = rng.random(4).tolist()
     scale = 1 + brightness * (2 * level - 1)
-    return tuple(c * scale * (1 + tint * (2 * u - 1)) for c, u in zip(rgb, channels))
+    return tuple(c * scale * (1 + tint * (2 * u - 1)) for c, u in zip(rgb, channels, strict=True))

@@ -97,7 +97,8 @@ def _scale(canvas: np.ndarray, factor: np.ndarray) -> None:
 
 def _texture(plan: CityPlan, gains: tuple[float, float], top: int, bottom: int) -> np.ndarray:
     """Rows [top, bottom) of the plane tiled with a weighted sum of the plan's noise tiles."""
-    tile = sum(gain * noise for gain, noise in zip(gains, plan.tiles))
+    (gain_a, gain_b), (noise_a, noise_b) = gains, plan.tiles
+    tile = gain_a * noise_a + gain_b * noise_b
     rows = tile[np.arange(top, bottom) % tile.shape[0]]
     return np.tile(rows, (1, -(-plan.width // tile.shape[1])))[:, :plan.width]
 
@@ -120,9 +121,9 @@ def _ground(plan: CityPlan, top: int, bottom: int) -> np.ndarray:
     """Grass of varying dryness, then every flat surface (lots, water, roads, cars), textured."""
     moisture, brightness = (_field_rows(f, top, bottom, plan.width) for f in plan.fields)
     dry = np.clip(DRY_MIX[0] + DRY_MIX[1] * moisture, 0.0, 1.0)
-    grass = np.float32(GRASS)
+    grass = np.array(GRASS, np.float32)
     # Per channel: grass + (dry grass - grass) * dry, as one 3x2 colour transform.
-    canvas = cv2.transform(dry[..., None], np.stack([np.float32(DRY_GRASS) - grass, grass], axis=1))
+    canvas = cv2.transform(dry[..., None], np.stack([np.array(DRY_GRASS, np.float32) - grass, grass], axis=1))
     for shapes in (plan.ground, plan.water, plan.roads):
         _fill(canvas, shapes, top, bottom)
     _draw_markings(canvas, plan.markings, top, bottom)
@@ -156,9 +157,9 @@ def _cast_shadows(canvas: np.ndarray, plan: CityPlan, buildings: list[Building],
             cv2.fillConvexPoly(mask, hull, 1, shift=CV_SHIFT)
     radii = trees[:, 2:3]
     centres = _cv(trees[:, :2] + away * TREE_HEIGHT_PER_RADIUS * radii, top).tolist()
-    for centre, radius in zip(centres, np.round(radii[:, 0] * SUBPIXEL).astype(int).tolist()):
+    for centre, radius in zip(centres, np.round(radii[:, 0] * SUBPIXEL).astype(int).tolist(), strict=True):
         cv2.circle(mask, centre, radius, 1, -1, shift=CV_SHIFT)
-    tint = np.float32([(1.0, 1.0, 1.0), SHADOW_TINT])
+    tint = np.array([(1.0, 1.0, 1.0), SHADOW_TINT], np.float32)
     np.multiply(canvas, np.take(tint, mask, axis=0), out=canvas)
 
 
@@ -204,7 +205,7 @@ def _shade_roof(shade: np.ndarray, building: Building, sun: np.ndarray, top: int
     for section in building.sections:
         c0, c1, c2, c3 = section
         along, across = c1 - c0, c3 - c0
-        length, breadth = np.linalg.norm(along), np.linalg.norm(across)
+        length, breadth = float(np.linalg.norm(along)), float(np.linalg.norm(across))
         along, across = along / length, across / breadth
         # A gable ridge runs the full length; a hip ridge stops half a breadth from each end.
         half_ridge = length / 2 if building.roof == "gable" else max(length - breadth, 0.0) / 2
@@ -232,7 +233,7 @@ def _paint_trees(canvas: np.ndarray, trees: np.ndarray, plan: CityPlan, top: int
     lit = _cv(trees[:, :2] + plan.sun * offset_share * radii, top).tolist()
     sizes = np.round(np.hstack([radii, radii * radius_share]) * SUBPIXEL).astype(int).tolist()
     colours = trees[:, 3:].tolist()
-    for centre, sunny, (radius, sunny_radius), rgb in zip(centres, lit, sizes, colours):
+    for centre, sunny, (radius, sunny_radius), rgb in zip(centres, lit, sizes, colours, strict=True):
         cv2.circle(canvas, centre, radius, rgb, -1, shift=CV_SHIFT)
         cv2.circle(canvas, sunny, sunny_radius, [c * brightness for c in rgb], -1, shift=CV_SHIFT)
         cv2.circle(crowns, centre, radius, 1, -1, shift=CV_SHIFT)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -103,7 +104,8 @@ def test_the_aws_launcher_config_passes_the_validation_ray_up_runs():
 
 def test_the_aws_gpu_node_types_fit_the_cluster_configs():
     raw = load_yaml(AWS)
-    train_cfg, seg_cfg = load_config(REPO / "configs/cluster-train.yaml"), load_config(REPO / "configs/cluster-segment.yaml")
+    train_cfg = load_config(REPO / "configs/cluster-train.yaml")
+    seg_cfg = load_config(REPO / "configs/cluster-segment.yaml")
     t, s = train_cfg.train, seg_cfg.segment
     train, infer = raw["available_node_types"]["gpu.train"], raw["available_node_types"]["gpu.infer"]
     workers_per_node = train["resources"]["GPU"] / t.gpus_per_worker
@@ -246,7 +248,7 @@ def test_every_job_command_names_an_existing_script_config_flags_and_settings(jo
                 flag = arg.split("=")[0]
                 assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", job_help[script]), \
                     f"{where}: {script} has no {flag}"
-        options = [(a, b) for a, b in zip(args, args[1:]) if a in ("--config", "--set")]
+        options = [(a, b) for a, b in itertools.pairwise(args) if a in ("--config", "--set")]
         config = next((b for a, b in options if a == "--config"), None)
         assert config is None or (REPO / config).is_file(), f"{where}: {config} does not exist"
         load_config(REPO / config if config else None, [b for a, b in options if a == "--set"])

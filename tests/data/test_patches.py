@@ -21,12 +21,12 @@ def test_image_round_trip_keeps_rgb_order():
     out = decode_image(encode_image(rgb), "x.png")
     assert out.shape == (4, 5, 3) and out.dtype == np.uint8 and np.array_equal(out, rgb)
     # A file written the usual cv2 way (BGR in memory) decodes to RGB.
-    ok, png = cv2.imencode(".png", rgb[..., ::-1].copy())
+    _ok, png = cv2.imencode(".png", rgb[..., ::-1].copy())
     assert np.array_equal(decode_image(png.tobytes(), "y.png"), rgb)
 
 
 def test_grey_image_becomes_three_channels():
-    ok, png = cv2.imencode(".png", np.full((3, 3), 7, np.uint8))
+    _ok, png = cv2.imencode(".png", np.full((3, 3), 7, np.uint8))
     out = decode_image(png.tobytes(), "grey.png")
     assert out.shape == (3, 3, 3) and (out == 7).all()
 
@@ -36,12 +36,12 @@ def test_labels_become_zero_one():
     stored = cv2.imdecode(np.frombuffer(encode_label(mask), np.uint8), cv2.IMREAD_UNCHANGED)
     assert stored.ndim == 2 and set(np.unique(stored)) == {0, 255}
     assert np.array_equal(decode_label(encode_label(mask), "m.png"), mask)
-    ok, odd = cv2.imencode(".png", np.array([[0, 3], [128, 0]], np.uint8))
+    _, odd = cv2.imencode(".png", np.array([[0, 3], [128, 0]], np.uint8))
     assert np.array_equal(decode_label(odd.tobytes(), "odd.png"), mask)
     colour = np.zeros((2, 2, 3), np.uint8)
     colour[0, 1, 2] = 255  # a building drawn in red (BGR order) only
     colour[1, 0] = 255
-    ok, png = cv2.imencode(".png", colour)
+    _ok, png = cv2.imencode(".png", colour)
     out = decode_label(png.tobytes(), "colour.png")
     assert out.shape == (2, 2) and out.dtype == np.uint8 and np.array_equal(out, mask)
 
@@ -49,7 +49,7 @@ def test_labels_become_zero_one():
 @pytest.mark.parametrize("decode", [decode_image, decode_label])
 def test_undecodable_bytes_name_the_file(decode):
     for data in (b"", b"not an image at all"):
-        with pytest.raises(InputError, match="broken.png"):
+        with pytest.raises(InputError, match=r"broken\.png"):
             decode(data, "s3://b/ds/train/images/broken.png")
 
 
@@ -62,7 +62,7 @@ def test_list_pairs_accepts_the_fork_layout(tmp_path):
     (tmp_path / "train" / "images" / ".DS_Store").write_bytes(b"x")
     (tmp_path / "train" / "labels" / "notes.txt").write_text("x")
     pairs = list_pairs(str(tmp_path), "train")
-    assert [(Path(i).name, Path(l).name) for i, l in pairs] == [("a.tif", "a.png"), ("b.jpg", "b.png"),
+    assert [(Path(image).name, Path(label).name) for image, label in pairs] == [("a.tif", "a.png"), ("b.jpg", "b.png"),
                                                                  ("c.png", "c.png")]
     image = decode_image(Path(pairs[0][0]).read_bytes(), pairs[0][0])
     assert image.shape == (8, 8, 3)

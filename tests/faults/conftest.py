@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 
 from tests import inputs as fi
-from tests import jobs
-from tests import servers
+from tests import jobs, servers
 from tests.conftest import REPO, write_geotiff
-from tests.helpers import block_files, by_name, tree, wait_for
 from tests.faults.common import MARKER, ONE_BLOCK, SEG, segment
+from tests.helpers import block_files, by_name, tree, wait_for
 
 
 def pytest_collection_modifyitems(items):
@@ -82,7 +81,7 @@ def mixed_run(good, pixels, checkpoint, ray_local, tmp_path_factory):
     out = root / "out"
     summary, err = segment([src, odd], out, checkpoint)
     return SimpleNamespace(root=root, src=src, odd=odd, out=out, summary=summary, err=err,
-                           before=before, after=tree(root), odd_names=odd_names + ["link.tif"])
+                           before=before, after=tree(root), odd_names=[*odd_names, "link.tif"])
 
 
 @pytest.fixture(scope="package")

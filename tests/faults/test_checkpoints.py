@@ -17,8 +17,8 @@ from segcore.pipelines.segment import plan_segment
 from tests import inputs as fi
 from tests import jobs
 from tests.conftest import REPO
-from tests.helpers import one_line_error, small_config
 from tests.faults.common import MARKER, seg_config
+from tests.helpers import one_line_error, small_config
 from tests.inputs import write_patch_set
 
 

@@ -10,7 +10,6 @@ from tests import inputs as fi
 from tests import jobs
 from tests.conftest import write_geotiff
 
-
 CLI_CASES = {
     "train: YAML with an unknown key": (
         "train", lambda t: ["--config", _yaml(t, "train:\n  epochs: 2\n  learning_rate: 0.1\n")],

@@ -14,8 +14,8 @@ from segcore.errors import InputError
 from segcore.pipelines.prepare import plan_dataset, prepare_dataset
 from tests import inputs as fi
 from tests import jobs
-from tests.helpers import leftovers, manifest, one_line_error
 from tests.faults.common import prep_config
+from tests.helpers import leftovers, manifest, one_line_error
 
 
 @pytest.mark.parametrize("case", ["empty", "oneband", "float32", "png named .tif"])

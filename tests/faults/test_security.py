@@ -11,17 +11,15 @@ import pytest
 from segcore.config import load_config
 from segcore.data.patches import list_pairs
 from segcore.pipelines.prepare import prepare_dataset
-from tests import jobs
-from tests import servers
+from tests import jobs, servers
 from tests.conftest import REPO, write_geotiff
-from tests.helpers import by_name, manifest, small_config, tree
 from tests.faults.common import MARKER, prep_config
+from tests.helpers import by_name, manifest, small_config, tree
 
 
 def test_refused_s3_credentials_verified_with_a_plain_client(refusing_s3):
-    import botocore.exceptions
-
     import boto3
+    import botocore.exceptions
 
     client = boto3.client("s3", endpoint_url=refusing_s3.endpoint, region_name="us-east-1")
     with pytest.raises(botocore.exceptions.ClientError) as info:

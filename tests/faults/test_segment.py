@@ -21,9 +21,8 @@ from segcore.pipelines.segment import plan_segment, run_segment
 from tests import inputs as fi
 from tests import servers
 from tests.conftest import write_geotiff
-from tests.helpers import block_files, by_name, error_lines, one_line_error, read_band, run_in_thread, tree, wait_for
 from tests.faults.common import GOOD_BLOCKS, ONE_BLOCK, seg_config, segment
-
+from tests.helpers import block_files, by_name, error_lines, one_line_error, read_band, run_in_thread, tree, wait_for
 
 SEGMENT_BAD = {
     "empty.tif": "not a readable raster",

@@ -1,13 +1,12 @@
 """Bad input of train and of the settings: one line before any worker starts."""
 from __future__ import annotations
 
-
 import pytest
 
 from segcore.config import ConfigError, load_config
 from segcore.errors import InputError
-from tests.helpers import one_line_error, small_config
 from tests.faults.common import PREP, SEG
+from tests.helpers import one_line_error, small_config
 from tests.inputs import write_patch_set
 
 

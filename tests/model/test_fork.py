@@ -238,7 +238,8 @@ def test_init_from_a_checkpoint_that_does_not_fit_is_one_line_before_ray(fork_ru
         run_training(cfg)
     message = str(error.value)
     assert message.startswith(f"{fork_run.weights}: weights do not match refinenet(resnet50, decoder_width=64): ")
-    assert "shape mismatch (convolution_layer_" in message and "_dim_reduction.weight" in message and "\n" not in message
+    assert "shape mismatch (convolution_layer_" in message and "_dim_reduction.weight" in message
+    assert "\n" not in message
     assert not (tmp_path / "run").exists()
 
 

@@ -1,4 +1,5 @@
 """Patch datasets from city mosaics: layout, spatial split, fidelity to the source, S3, bad input."""
+import itertools
 import json
 import subprocess
 import sys
@@ -282,7 +283,7 @@ def test_corrupt_block_found_mid_run_leaves_nothing(geotiff, tmp_path, ray_local
     image.write_bytes(bytes(data))
     out = tmp_path / "ds"
     labels = [str(_polygons(tmp_path / "img.geojson")), str(_polygons(tmp_path / "big.geojson"))]
-    with pytest.raises(InputError, match="a_img.tif"):
+    with pytest.raises(InputError, match=r"a_img\.tif"):
         prepare_dataset([str(image), str(big)], labels, str(out), config())
     assert leftovers(out) == []
     assert "waiting for 1 other mosaic task(s) to end" in capsys.readouterr().out  # big.tif: still being cut
@@ -320,7 +321,7 @@ def test_patches_never_leave_their_square():
         for starts, first, length, edge in ((tops, square.row, square.height, height),
                                             (lefts, square.col, square.width, width)):
             assert starts[0] == first and starts == sorted(set(starts))
-            assert all(b - a <= tile - 32 for a, b in zip(starts, starts[1:]))  # overlap at least 32
+            assert all(b - a <= tile - 32 for a, b in itertools.pairwise(starts))  # overlap at least 32
             end = first + length
             if end < edge:  # shared with the next square: the last patch ends exactly there
                 assert starts[-1] + tile == end

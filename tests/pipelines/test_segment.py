@@ -16,8 +16,8 @@ from affine import Affine
 from rasterio.features import rasterize
 
 from segcore.config import ConfigError, load_config
-from segcore.metrics import ConfusionCounts
 from segcore.errors import InputError
+from segcore.metrics import ConfusionCounts
 from segcore.model import build_model
 from segcore.pipelines.segment import input_keys, plan_segment
 from segcore.raster.grid import block_tiles, segment_blocks
@@ -289,7 +289,7 @@ def test_bad_checkpoint_or_output_stops_before_anything_runs(checkpoint, inputs,
     torch.save(build_model("refinenet", "resnet18", 16, False).state_dict(), fork)  # config says resnet50
     with pytest.raises(InputError, match=f"{fork}: "):
         plan_segment([str(inputs / "tiny.tif")], str(fork), str(tmp_path / "out"), config())
-    with pytest.raises(ConfigError, match="polygons.format"):
+    with pytest.raises(ConfigError, match=r"polygons\.format"):
         plan_segment([str(inputs / "tiny.tif")], checkpoint, str(tmp_path / "out"), config("polygons.format=shp"))
     with pytest.raises(InputError, match="segcore-no-such-bucket"):
         plan_segment([str(inputs / "tiny.tif")], checkpoint, "s3://segcore-no-such-bucket/out",

@@ -17,7 +17,6 @@ from tests.helpers import TILE, small_config
 from tests.inputs import write_patch_set
 
 
-
 @pytest.fixture(scope="module")
 def patch_root(tmp_path_factory):
     return write_patch_set(tmp_path_factory.mktemp("patches"))

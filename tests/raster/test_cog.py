@@ -1,5 +1,7 @@
 """raster.cog: masks written window by window into a COG, whose bytes depend on the pixels only; the input's
 georeference (CRS and transform, or ground control points) goes along."""
+from pathlib import Path
+
 import numpy as np
 import rasterio
 from rasterio.control import GroundControlPoint
@@ -21,7 +23,7 @@ def test_cog_bytes_do_not_depend_on_block_order(tmp_path):
         writer = CogWriter(str(tmp_path / name), "mask", info, nodata=255, resampling="NEAREST")
         for block in plan_blocks(700, 600, 256)[::order]:
             writer.write(mask[block.row:block.row + block.height, block.col:block.col + block.width], block.core)
-        outputs.append(open(writer.finish(), "rb").read())
+        outputs.append(Path(writer.finish()).read_bytes())
     assert outputs[0] == outputs[1]
     with rasterio.open(tmp_path / "forward" / "mask.tif") as src:
         assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and src.nodata == 255

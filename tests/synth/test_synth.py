@@ -40,13 +40,13 @@ def _burn_geojson(paths: CityPaths) -> np.ndarray:
 
 def test_same_seed_gives_byte_identical_files(city, tmp_path):
     again = generate_city(tmp_path, WIDTH, HEIGHT, seed=SEED)
-    for first, second in zip(_files(city), _files(again)):
+    for first, second in zip(_files(city), _files(again), strict=True):
         assert first.read_bytes() == second.read_bytes(), first.name
 
 
 def test_different_seed_gives_a_different_city(city, tmp_path):
     other = generate_city(tmp_path, WIDTH, HEIGHT, seed=SEED + 1)
-    for first, second in zip(_files(city), _files(other)):
+    for first, second in zip(_files(city), _files(other), strict=True):
         assert first.read_bytes() != second.read_bytes(), first.name
 
 

@@ -1,0 +1,198 @@
+"""Segment data-path benchmark: what everything around the forward pass costs, and whether it keeps a device busy.
+
+    python benchmarks/datapath.py                 # 4096^2 costs, then a simulated device at 16384^2 and 16 x 2048^2
+    python benchmarks/datapath.py --quick         # 2048^2 costs, 8192^2 and 8 x 1024^2 (a few minutes)
+
+The model is replaced by benchmarks/simulated_device.py (through run_segment's model_factory): it sleeps for
+a set time per tile and computes next to nothing, so every CPU-second counted is data path. The pipeline
+around it is the product's: readers, inference actor, writers, assembly tasks, block files, COGs, previews,
+metrics against the labels, polygons when on. Defaults are configs/segment.yaml's (tile 384, overlap 64).
+
+- cost: a generated city with its labels, device time 0. CPU-seconds per megapixel of each stage from
+  summary.json's ledger (each stage's CPU clock, summed over every process that ran it), for the default
+  outputs and with polygons; from them the cores one GPU needs at an H100's rate (1,740 tiles/s) and an A10G's
+  (220 tiles/s).
+- busy: a simulated device of 0.8 x the tiles/s that this machine's cores feed at the measured cost, over one
+  large mosaic (a VRT of copies of the city): its busy share in steady state (the middle 80% of its passes),
+  and end to end (device time over the run's wall time, from planning to the last output).
+- many: the same device over many mosaics in one run: wall time over device time, the driver's CPU share,
+  and how many mosaics' assembly overlapped inference of another.
+- Peak RSS (driver and every Ray process) of the cost run and of the large mosaic.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
+import simulated_device
+from common import REPO, TILE, fmt, table
+from simulated_device import SimulatedDevice, busy_fraction, read_busy_log
+
+OVERLAP = 64
+MPX_PER_TILE = (TILE - OVERLAP) ** 2 / 1e6  # each tile adds a stride x stride square of mosaic
+GPU_TILES_PER_S = {"H100": 1740.0, "A10G": 220.0}  # RefineNet-ResNet50 at 384, bf16 at 40% of peak (issue 14)
+DEVICE_STAGES = ("forward",)  # the stand-in's own work: on a GPU this is the device's
+PROFILES = {"full": dict(city=4096, large=16384, many=16, many_size=2048),
+            "quick": dict(city=2048, large=8192, many=8, many_size=1024)}
+
+
+def config(*overrides: str):
+    from segcore.config import load_config
+
+    return load_config(REPO / "configs" / "segment.yaml", [
+        "segment.actors=1", "segment.cpus_per_actor=0.5", "segment.torch_threads=1", *overrides])
+
+
+def run(images: list[Path], labels: list[Path], output: Path, cfg, checkpoint: str, device) -> dict:
+    """One segment run with the device stand-in: its summary, with the wall seconds from planning to return and
+    the peak RSS (MiB) added."""
+    from segcore.pipelines.segment import plan_segment, run_segment
+
+    shutil.rmtree(output, ignore_errors=True)
+    with common.TreeRssSampler() as rss:
+        began = time.perf_counter()
+        plan = plan_segment([str(p) for p in images], checkpoint, str(output), cfg, [str(p) for p in labels],
+                            model_factory=device)
+        summary = run_segment(plan)
+        seconds = time.perf_counter() - began
+    if summary["failed"]:
+        raise RuntimeError(f"segment run failed: {json.dumps(summary['inputs'])[:2000]}")
+    shutil.rmtree(output, ignore_errors=True)
+    return dict(summary, wall_s=seconds, peak_rss_mib=rss.peak_mib, rss_top=rss.top())
+
+
+def data_path_cpu(summary: dict) -> dict[str, float]:
+    """CPU seconds by stage, without the stand-in's own forward pass."""
+    return {stage: cpu for stage, cpu in summary["cpu_s"].items() if stage not in DEVICE_STAGES}
+
+
+def megapixels(summary: dict) -> float:
+    return sum(i["metrics"]["pixels"] for i in summary["inputs"]) / 1e6
+
+
+def section_cost(work: Path, city, checkpoint: str, results: dict) -> None:
+    for name, overrides in (("default outputs", ()), ("with polygons", ("segment.write_polygons=true",))):
+        summary = run([city.image], [city.labels], work / "out-cost", config(*overrides), checkpoint,
+                      SimulatedDevice.factory(0.0))
+        mpx, cpu = megapixels(summary), data_path_cpu(summary)
+        per_mpx = {stage: seconds / mpx for stage, seconds in cpu.items()}
+        total = sum(per_mpx.values())
+        results["cost"][name] = dict(megapixels=mpx, tiles=summary["tiles_computed"], cpu_s=cpu,
+                                     cpu_s_per_mpx=per_mpx, total_cpu_s_per_mpx=total,
+                                     cpu_s_per_tile=sum(cpu.values()) / summary["tiles_computed"],
+                                     cores_per_gpu={gpu: total * rate * MPX_PER_TILE
+                                                    for gpu, rate in GPU_TILES_PER_S.items()},
+                                     wall_s=summary["wall_s"], peak_rss_mib=summary["peak_rss_mib"])
+        common.log(f"cost, {name}: {total:.4f} CPU-s/Mpx over {mpx:.1f} Mpx ({summary['wall_s']:.1f} s wall)")
+
+
+def device_rate(results: dict, cores: int) -> float:
+    """0.8 x the tiles/s that `cores` cores feed at the measured cost of the default outputs."""
+    return 0.8 * cores / results["cost"]["default outputs"]["cpu_s_per_tile"]
+
+
+def section_busy(work: Path, image: Path, labels: Path, checkpoint: str, rate: float, results: dict) -> None:
+    log = work / "busy.log"
+    log.unlink(missing_ok=True)
+    summary = run([image], [labels], work / "out-busy", config(), checkpoint, SimulatedDevice.factory(1 / rate, log))
+    passes = read_busy_log(log)
+    device_s = summary["tiles_computed"] / rate
+    results["busy"] = dict(megapixels=megapixels(summary), tiles=summary["tiles_computed"], device_tiles_per_s=rate,
+                           device_s=device_s, wall_s=summary["wall_s"], steady_busy=busy_fraction(passes, 0.1),
+                           end_to_end=device_s / summary["wall_s"], peak_rss_mib=summary["peak_rss_mib"],
+                           rss_top=summary["rss_top"], cpu_s=summary["cpu_s"])
+    common.log(f"busy: steady {results['busy']['steady_busy']:.3f}, end to end {results['busy']['end_to_end']:.3f}")
+
+
+def section_many(work: Path, city, count: int, checkpoint: str, rate: float, results: dict) -> None:
+    folder = work / f"many-{count}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    images, labels = [], []
+    for n in range(count):  # hard links: separate mosaics to the pipeline, no extra disk
+        os.link(city.image, folder / f"mosaic{n:02d}.tif")
+        os.link(city.labels, folder / f"mosaic{n:02d}_labels.tif")
+        images.append(folder / f"mosaic{n:02d}.tif")
+        labels.append(folder / f"mosaic{n:02d}_labels.tif")
+    summary = run(images, labels, work / "out-many", config(), checkpoint, SimulatedDevice.factory(1 / rate))
+    device_s = summary["tiles_computed"] / rate
+    timelines = [i["timeline"] for i in summary["inputs"]]
+    overlapping = sum(1 for n, t in enumerate(timelines) if any(
+        t["assembly"][0] < other["inference"][1] and other["inference"][0] < t["assembly"][1]
+        for m, other in enumerate(timelines) if m != n))
+    results["many"] = dict(mosaics=count, tiles=summary["tiles_computed"], device_s=device_s,
+                           wall_s=summary["wall_s"], wall_over_device=summary["wall_s"] / device_s,
+                           driver_share=summary["cpu_s"]["driver"] / summary["wall_s"],
+                           assembly_overlapping_inference=overlapping)
+    common.log(f"many: wall {summary['wall_s']:.1f} s for {device_s:.1f} s of device time")
+
+
+def report(results: dict) -> str:
+    cost, cores = results["cost"], results["machine"]["cores"]
+    names = list(cost)
+    stages = sorted({stage for row in cost.values() for stage in row["cpu_s_per_mpx"]})
+    rows = [[stage, *(fmt(cost[n]["cpu_s_per_mpx"].get(stage, 0.0), 4) for n in names)] for stage in stages]
+    rows.append(["**total**", *(f"**{fmt(cost[n]['total_cpu_s_per_mpx'], 4)}**" for n in names)])
+    for gpu, rate in GPU_TILES_PER_S.items():
+        rows.append([f"cores per GPU at {rate:.0f} tiles/s ({gpu})",
+                     *(fmt(cost[n]["cores_per_gpu"][gpu], 1) for n in names)])
+    lines = [f"### Data-path cost: {results['city']}^2 generated city, tile {TILE}, overlap {OVERLAP}, "
+             f"simulated device (0 s/tile), {cores} cores", "",
+             table(["stage", *(f"CPU-s/Mpx, {n}" for n in names)], rows), ""]
+    busy, many, large = results["busy"], results["many"], results["large"]
+    runs = [[f"{large}^2, steady state (middle 80% of passes)", busy["tiles"], fmt(busy["device_s"], 1),
+             fmt(busy["wall_s"], 1), f"device busy {fmt(busy['steady_busy'], 3)}"],
+            [f"{large}^2, end to end (planning to last output)", busy["tiles"], fmt(busy["device_s"], 1),
+             fmt(busy["wall_s"], 1), f"device rate reached {fmt(busy['end_to_end'], 3)}"],
+            [f"{many['mosaics']} x {results['many_size']}^2 in one run", many["tiles"], fmt(many["device_s"], 1),
+             fmt(many["wall_s"], 1), f"wall / device {fmt(many['wall_over_device'], 3)}; driver CPU "
+             f"{fmt(100 * many['driver_share'], 1)}% of wall; {many['assembly_overlapping_inference']} of "
+             f"{many['mosaics']} assemblies overlapped inference"]]
+    small_rss = cost["default outputs"]["peak_rss_mib"]
+    lines += [f"### Simulated device at 0.8 x what {cores} cores feed ({busy['device_tiles_per_s']:.1f} tiles/s)", "",
+              table(["run", "tiles", "device s", "wall s", "figure"], runs), "",
+              f"Peak RSS: {results['city']}^2 {small_rss:.0f} MiB, {large}^2 {busy['peak_rss_mib']:.0f} MiB "
+              f"(ratio {busy['peak_rss_mib'] / small_rss:.2f}; {busy['rss_top']})"]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/segcore-datapath"))
+    args = parser.parse_args()
+    p = PROFILES["quick" if args.quick else "full"]
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    results: dict = dict(p, machine=dict(common.machine_info(), cores=cores), cost={},
+                         command="python benchmarks/datapath.py" + (" --quick" if args.quick else ""))
+    city = common.city(work, p["city"])
+    small = common.city(work, p["many_size"])
+    checkpoint = common.make_checkpoint(work / "unused-weights.pt", "resnet18", 16)  # plan_segment checks one
+    common.start_ray(cores)
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(simulated_device)  # the actors need not import benchmarks/
+    section_cost(work, city, checkpoint, results)
+    rate = device_rate(results, cores)
+    large = common.mosaic(work, city.image, p["large"])
+    large_labels = common.tiled_vrt(city.labels, work / f"labels-{p['large']}.vrt", p["large"], p["large"])
+    section_busy(work, large, large_labels, checkpoint, rate, results)
+    section_many(work, small, p["many"], checkpoint, rate, results)
+    text = report(results)
+    print(text)
+    common.dump_json(work / "datapath.json", results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
