@@ -40,6 +40,10 @@ OVERLAP = 64
 MPX_PER_TILE = (TILE - OVERLAP) ** 2 / 1e6  # each tile adds a stride x stride square of mosaic
 GPU_TILES_PER_S = {"H100": 1740.0, "A10G": 220.0}  # RefineNet-ResNet50 at 384, bf16 at 40% of peak (issue 14)
 DEVICE_STAGES = ("forward",)  # the stand-in's own work: on a GPU this is the device's
+# Stages the inference actor runs on its device: the CPU here, the GPU in a GPU deployment (uint8 tiles are
+# cut, converted and batched on it; probabilities blended and thresholded on it). Host CPU is the rest.
+ON_DEVICE = ("tiling", "blend", "threshold")
+DRIVER = "driver"  # planning (the checkpoint check builds the model) and orchestration: per run, not per pixel
 PROFILES = {"full": dict(city=4096, large=16384, many=16, many_size=2048),
             "quick": dict(city=2048, large=8192, many=8, many_size=1024)}
 
@@ -48,7 +52,10 @@ def config(*overrides: str):
     from segcore.config import load_config
 
     return load_config(REPO / "configs" / "segment.yaml", [
-        "segment.actors=1", "segment.cpus_per_actor=0.5", "segment.torch_threads=1", *overrides])
+        # A device actor needs little CPU of its own (it waits on the device); one assembly task of 0.5 CPU leaves
+        # the readers and writers a CPU between them on 2 cores.
+        "segment.actors=1", "segment.cpus_per_actor=0.5", "segment.torch_threads=1", "segment.cpus_per_assembly=0.5",
+        *overrides])
 
 
 def run(images: list[Path], labels: list[Path], output: Path, cfg, checkpoint: str, device) -> dict:
@@ -58,7 +65,7 @@ def run(images: list[Path], labels: list[Path], output: Path, cfg, checkpoint: s
 
     shutil.rmtree(output, ignore_errors=True)
     with common.TreeRssSampler() as rss:
-        began = time.perf_counter()
+        began, began_at = time.perf_counter(), time.time()
         plan = plan_segment([str(p) for p in images], checkpoint, str(output), cfg, [str(p) for p in labels],
                             model_factory=device)
         summary = run_segment(plan)
@@ -66,12 +73,13 @@ def run(images: list[Path], labels: list[Path], output: Path, cfg, checkpoint: s
     if summary["failed"]:
         raise RuntimeError(f"segment run failed: {json.dumps(summary['inputs'])[:2000]}")
     shutil.rmtree(output, ignore_errors=True)
-    return dict(summary, wall_s=seconds, peak_rss_mib=rss.peak_mib, rss_top=rss.top())
+    return dict(summary, wall_s=seconds, began_at=began_at, ended_at=began_at + seconds, peak_rss_mib=rss.peak_mib,
+                rss_top=rss.top())
 
 
 def data_path_cpu(summary: dict) -> dict[str, float]:
-    """CPU seconds by stage, without the stand-in's own forward pass."""
-    return {stage: cpu for stage, cpu in summary["cpu_s"].items() if stage not in DEVICE_STAGES}
+    """CPU seconds by stage, without the stand-in's own forward pass and the driver."""
+    return {stage: cpu for stage, cpu in summary["cpu_s"].items() if stage not in (*DEVICE_STAGES, DRIVER)}
 
 
 def megapixels(summary: dict) -> float:
@@ -84,14 +92,17 @@ def section_cost(work: Path, city, checkpoint: str, results: dict) -> None:
                       SimulatedDevice.factory(0.0))
         mpx, cpu = megapixels(summary), data_path_cpu(summary)
         per_mpx = {stage: seconds / mpx for stage, seconds in cpu.items()}
-        total = sum(per_mpx.values())
+        host = sum(value for stage, value in per_mpx.items() if stage not in ON_DEVICE)
         results["cost"][name] = dict(megapixels=mpx, tiles=summary["tiles_computed"], cpu_s=cpu,
-                                     cpu_s_per_mpx=per_mpx, total_cpu_s_per_mpx=total,
+                                     cpu_s_per_mpx=per_mpx, total_cpu_s_per_mpx=sum(per_mpx.values()),
+                                     host_cpu_s_per_mpx=host,
                                      cpu_s_per_tile=sum(cpu.values()) / summary["tiles_computed"],
-                                     cores_per_gpu={gpu: total * rate * MPX_PER_TILE
+                                     cores_per_gpu={gpu: host * rate * MPX_PER_TILE
                                                     for gpu, rate in GPU_TILES_PER_S.items()},
-                                     wall_s=summary["wall_s"], peak_rss_mib=summary["peak_rss_mib"])
-        common.log(f"cost, {name}: {total:.4f} CPU-s/Mpx over {mpx:.1f} Mpx ({summary['wall_s']:.1f} s wall)")
+                                     driver_cpu_s=summary["cpu_s"][DRIVER], wall_s=summary["wall_s"],
+                                     peak_rss_mib=summary["peak_rss_mib"])
+        common.log(f"cost, {name}: host {host:.4f} CPU-s/Mpx, all {sum(per_mpx.values()):.4f}, over {mpx:.1f} Mpx "
+                   f"({summary['wall_s']:.1f} s wall)")
 
 
 def device_rate(results: dict, cores: int) -> float:
@@ -108,6 +119,7 @@ def section_busy(work: Path, image: Path, labels: Path, checkpoint: str, rate: f
     results["busy"] = dict(megapixels=megapixels(summary), tiles=summary["tiles_computed"], device_tiles_per_s=rate,
                            device_s=device_s, wall_s=summary["wall_s"], steady_busy=busy_fraction(passes, 0.1),
                            end_to_end=device_s / summary["wall_s"], peak_rss_mib=summary["peak_rss_mib"],
+                           start_s=passes[0][0] - summary["began_at"], tail_s=summary["ended_at"] - passes[-1][1],
                            rss_top=summary["rss_top"], cpu_s=summary["cpu_s"])
     common.log(f"busy: steady {results['busy']['steady_busy']:.3f}, end to end {results['busy']['end_to_end']:.3f}")
 
@@ -131,7 +143,7 @@ def section_many(work: Path, city, count: int, checkpoint: str, rate: float, res
     results["many"] = dict(mosaics=count, tiles=summary["tiles_computed"], device_s=device_s,
                            wall_s=summary["wall_s"], wall_over_device=summary["wall_s"] / device_s,
                            driver_share=summary["cpu_s"]["driver"] / summary["wall_s"],
-                           assembly_overlapping_inference=overlapping)
+                           assembly_overlapping_inference=overlapping, timelines=timelines)
     common.log(f"many: wall {summary['wall_s']:.1f} s for {device_s:.1f} s of device time")
 
 
@@ -139,10 +151,14 @@ def report(results: dict) -> str:
     cost, cores = results["cost"], results["machine"]["cores"]
     names = list(cost)
     stages = sorted({stage for row in cost.values() for stage in row["cpu_s_per_mpx"]})
-    rows = [[stage, *(fmt(cost[n]["cpu_s_per_mpx"].get(stage, 0.0), 4) for n in names)] for stage in stages]
-    rows.append(["**total**", *(f"**{fmt(cost[n]['total_cpu_s_per_mpx'], 4)}**" for n in names)])
+    rows = [[stage + (" (on the device with a GPU)" if stage in ON_DEVICE else ""),
+             *(fmt(cost[n]["cpu_s_per_mpx"].get(stage, 0.0), 4) for n in names)] for stage in stages]
+    rows.append(["**host CPU, total**", *(f"**{fmt(cost[n]['host_cpu_s_per_mpx'], 4)}**" for n in names)])
+    rows.append(["total with the device-side stages on this CPU",
+                 *(fmt(cost[n]["total_cpu_s_per_mpx"], 4) for n in names)])
+    rows.append(["driver, CPU-s per run (not in the total)", *(fmt(cost[n]["driver_cpu_s"], 2) for n in names)])
     for gpu, rate in GPU_TILES_PER_S.items():
-        rows.append([f"cores per GPU at {rate:.0f} tiles/s ({gpu})",
+        rows.append([f"host cores per GPU at {rate:.0f} tiles/s ({gpu})",
                      *(fmt(cost[n]["cores_per_gpu"][gpu], 1) for n in names)])
     lines = [f"### Data-path cost: {results['city']}^2 generated city, tile {TILE}, overlap {OVERLAP}, "
              f"simulated device (0 s/tile), {cores} cores", "",
@@ -151,7 +167,8 @@ def report(results: dict) -> str:
     runs = [[f"{large}^2, steady state (middle 80% of passes)", busy["tiles"], fmt(busy["device_s"], 1),
              fmt(busy["wall_s"], 1), f"device busy {fmt(busy['steady_busy'], 3)}"],
             [f"{large}^2, end to end (planning to last output)", busy["tiles"], fmt(busy["device_s"], 1),
-             fmt(busy["wall_s"], 1), f"device rate reached {fmt(busy['end_to_end'], 3)}"],
+             fmt(busy["wall_s"], 1), f"device rate reached {fmt(busy['end_to_end'], 3)} ({fmt(busy['start_s'], 1)} s "
+             f"to the first pass, {fmt(busy['tail_s'], 1)} s after the last)"],
             [f"{many['mosaics']} x {results['many_size']}^2 in one run", many["tiles"], fmt(many["device_s"], 1),
              fmt(many["wall_s"], 1), f"wall / device {fmt(many['wall_over_device'], 3)}; driver CPU "
              f"{fmt(100 * many['driver_share'], 1)}% of wall; {many['assembly_overlapping_inference']} of "

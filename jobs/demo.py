@@ -26,7 +26,8 @@ def main() -> int:
     args = parser.parse_args()
     out = Path(args.output).resolve()
     cfg = load_config(REPO / "configs" / "dev.yaml", [
-        f"train.data_root={out / 'patches'}", f"train.run_dir={out / 'run'}", *args.overrides])
+        f"train.data_root={out / 'patches'}", f"train.run_dir={out / 'run'}", "segment.write_polygons=true",
+        *args.overrides])
 
     from segcore.pipelines.prepare import prepare_dataset
     from segcore.pipelines.segment import plan_segment, run_segment
@@ -52,8 +53,13 @@ def main() -> int:
     minutes = (time.perf_counter() - began) / 60
     print(f"\nheld-out city ({args.test_size}x{args.test_size} px): IoU {metrics['iou']:.3f}  F1 {metrics['f1']:.3f}  "
           f"precision {metrics['precision']:.3f}  recall {metrics['recall']:.3f}  ({minutes:.1f} minutes in all)")
+    if "objects" in metrics:
+        objects = metrics["objects"]
+        print(f"buildings (one-to-one at IoU >= {cfg.polygons.match_iou}): F1 {objects['f1']:.3f}  precision "
+              f"{objects['precision']:.3f}  recall {objects['recall']:.3f}  matched IoU {objects['mean_iou']:.3f}  "
+              f"({objects['matched']} of {objects['true']} true, {objects['predicted']} predicted)")
     key = result["inputs"][0]["key"]
-    for name in ("mask.tif", "metrics.json", "preview.png"):
+    for name in ("mask.tif", "metrics.json", "preview.png", "buildings.parquet"):
         print(f"  {name:<20} {out / 'segment' / key / name}")
     for name in ("training_curves.png", "roc_pr.png", "checkpoints/best.pt"):
         print(f"  {name:<20} {out / 'run' / name}")

@@ -176,8 +176,9 @@ class SegmentConfig:
     gpus_per_actor: float = 0.0  # 1 on GPU clusters; 0 runs CPU actors (local mode)
     torch_threads: int = 0  # intra-op threads per CPU actor; 0 = cpus_per_actor
     # The CPU stages around inference scale with the CPUs, not with the GPUs: block readers (read and decode)
-    # and writers (block files, building vectors) are actor pools of up to this many (0: as many as the
-    # cluster's CPUs beyond the inference actors' hold), and each mosaic is assembled by a task of its own.
+    # and writers (block files, building vectors) are actor pools of up to this many (0: half each of the
+    # cluster's CPUs beyond the inference actors and one assembly task), and each mosaic is assembled by a task
+    # of its own.
     readers: int = 0
     writers: int = 0
     cpus_per_reader: float = 0.5

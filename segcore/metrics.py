@@ -30,13 +30,15 @@ class ConfusionCounts:
         """Counts from boolean prediction and target arrays of one shape; `valid` masks out pixels (nodata)."""
         pred = np.asarray(pred, dtype=bool)
         target = np.asarray(target, dtype=bool)
-        if valid is not None:
+        if valid is not None:  # masked counts, without copying the valid pixels out
             valid = np.asarray(valid, dtype=bool)
-            pred, target = pred[valid], target[valid]
+            pred, target, size = pred & valid, target & valid, int(np.count_nonzero(valid))
+        else:
+            size = int(pred.size)
         tp = int(np.count_nonzero(pred & target))
         fp = int(np.count_nonzero(pred)) - tp
         fn = int(np.count_nonzero(target)) - tp
-        return cls(tp, fp, fn, int(pred.size) - tp - fp - fn)
+        return cls(tp, fp, fn, size - tp - fp - fn)
 
     @classmethod
     def from_sequence(cls, values) -> ConfusionCounts:

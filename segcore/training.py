@@ -147,8 +147,10 @@ def train_one_epoch(model: nn.Module, batches: Iterable[dict], loss_fn: nn.Modul
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[dict], loss_fn: nn.Module, device: torch.device,
-             cfg: TrainConfig) -> EpochStats:
-    """Loss sum, confusion counts at cfg.threshold and the probability histogram over `batches`."""
+             cfg: TrainConfig, on_probabilities: Callable[[np.ndarray, np.ndarray], None] | None = None) -> EpochStats:
+    """Loss sum, confusion counts at cfg.threshold and the probability histogram over `batches`.
+
+    `on_probabilities(probabilities, target)` sees each batch's arrays (N x 1 x H x W, float and bool)."""
     model.eval()
     channels_last = cfg.channels_last and device.type == "cuda"
     stats = EpochStats()
@@ -164,4 +166,6 @@ def evaluate(model: nn.Module, batches: Iterable[dict], loss_fn: nn.Module, devi
         target = y.cpu().numpy() > 0.5
         stats.counts = stats.counts + ConfusionCounts.from_arrays(probs >= cfg.threshold, target)
         stats.histogram.add(probs, target)
+        if on_probabilities is not None:
+            on_probabilities(probs, target)
     return stats

@@ -60,8 +60,11 @@ def make_item(item_id: str, folder: Path) -> pystac.Item:
 
 @pytest.fixture
 def catalog(tmp_path) -> Path:
-    """A self-contained static catalog (catalog -> collection -> Items, relative hrefs); returns its folder."""
-    root = tmp_path / "stac"
+    return make_catalog(tmp_path / "stac")
+
+
+def make_catalog(root: Path) -> Path:
+    """A self-contained static catalog (catalog -> collection -> ITEMS, relative hrefs) written to `root`."""
     collection = pystac.Collection("city", "aerial tiles", pystac.Extent(
         pystac.SpatialExtent([[15.0, 47.7, 15.01, 47.91]]), pystac.TemporalExtent([[day(5, 1), day(9, 1)]])))
     for item_id in ITEMS:

@@ -20,6 +20,8 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from segcore.config import Config
 from segcore.labels import open_labels
 from segcore.metrics import ConfusionCounts
@@ -107,8 +109,8 @@ class _Assembly:
         with self.ledger("metrics"):
             if self.footprints is None:
                 self.components.add(mask, block)
-            self.totals.update(valid=int(valid.sum()), building=int(building.sum()), tiles=result.tiles_computed,
-                               skipped=result.tiles_skipped)
+            self.totals.update(valid=int(np.count_nonzero(valid)), building=int(np.count_nonzero(building)),
+                               tiles=result.tiles_computed, skipped=result.tiles_skipped)
             if self.truth is not None:
                 self.confusion += ConfusionCounts.from_arrays(building, self.truth.read(window), valid)
         if self.canvas is not None and result.thumbnail is not None:

@@ -8,6 +8,7 @@ arrays, read with `allow_pickle=False`, and it appears under its final name only
 from __future__ import annotations
 
 import io
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,9 +39,18 @@ def save_block(path: str, result: BlockResult, s3: S3Config | None = None) -> No
             arrays[name] = getattr(result, name)
     if result.vectors is not None:
         arrays["vectors"] = np.frombuffer(result.vectors, np.uint8)
+    write_bytes(path, _npz(arrays), s3)
+
+
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    """An .npz (np.load reads it) deflated at level 3, not np.savez_compressed's 6: block files are scratch,
+    read once by the assembly, so CPU matters more than bytes (BENCHMARKS.md, data path)."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
-    write_bytes(path, buffer.getvalue(), s3)
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=3) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def load_block(path: str, s3: S3Config | None = None) -> BlockResult:

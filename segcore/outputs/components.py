@@ -42,15 +42,18 @@ class ComponentCounter:
         count, local = cv2.connectedComponents((mask == MASK_BUILDING).astype(np.uint8), connectivity=4,
                                                 ltype=cv2.CV_32S)
         offset = len(self.parent) - 1
-        labels = np.where(local > 0, local.astype(np.int64) + offset, 0)
         self.parent.extend(range(offset + 1, offset + count))
+
+        def edge(local_labels: np.ndarray) -> np.ndarray:  # only the edges meet other blocks: offset only those
+            return np.where(local_labels > 0, local_labels.astype(np.int64) + offset, 0)
+
         columns = slice(block.col, block.col + block.width)
         if block.row > 0:
-            self._join(self.above[columns], labels[0])
+            self._join(self.above[columns], edge(local[0]))
         if block.col > 0:
-            self._join(self.left, labels[:, 0])
-        self.above[columns] = labels[-1]
-        self.left = labels[:, -1]
+            self._join(self.left, edge(local[:, 0]))
+        self.above[columns] = edge(local[-1])
+        self.left = edge(local[:, -1])
 
     @property
     def count(self) -> int:

@@ -5,6 +5,8 @@ fork checkpoint loads into the config's `model` section, with the config's input
 patch size the model accepts is scored. A pool of `PatchScorer` actors (train.num_workers of them, with
 train.cpus_per_worker / gpus_per_worker each) reads, decodes and scores batches of patches; the driver sums
 their confusion counts and histograms, which is exact: every patch is scored once, whatever the pool size.
+Object metrics match the buildings of each patch alone (one-to-one at IoU >= polygons.match_iou, SpaceNet's
+rule), so a building cut by a patch edge counts in each patch it lies in.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from segcore.pipelines import init_ray
 from segcore.pipelines.raytrain import PATCH_BATCH, check_split
 from segcore.storage import absolute
 from segcore.training import EpochStats, evaluate
+from segcore.vectors.objects import ObjectCounts, mask_object_counts
 
 
 class PatchScorer:
@@ -40,8 +43,16 @@ class PatchScorer:
         self.loss = build_loss(t.loss, t.loss_weight)
 
     def __call__(self, batch: dict) -> dict:
-        stats = evaluate(self.model, [self.read(batch)], self.loss, self.device, self.cfg.train)
-        return {"stats": stats.to_tensor().numpy()[None]}
+        objects = [ObjectCounts()]
+
+        def score_buildings(probabilities: np.ndarray, target: np.ndarray) -> None:
+            for probability, truth in zip(probabilities[:, 0], target[:, 0], strict=True):
+                objects[0] += mask_object_counts(probability >= self.cfg.train.threshold, truth,
+                                                 np.rint(probability * 255).astype(np.uint8),
+                                                 self.cfg.polygons.match_iou)
+
+        stats = evaluate(self.model, [self.read(batch)], self.loss, self.device, self.cfg.train, score_buildings)
+        return {"stats": stats.to_tensor().numpy()[None], "objects": np.array([objects[0].to_array()])}
 
 
 def run_evaluation(cfg: Config, checkpoint: str, data_root: str, split: str = "test",
@@ -68,7 +79,9 @@ def run_evaluation(cfg: Config, checkpoint: str, data_root: str, split: str = "t
         PatchScorer, fn_constructor_kwargs=dict(model=[ray.put(loaded.model)], cfg=cfg), batch_size=PATCH_BATCH,
         batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=t.num_workers), num_cpus=t.cpus_per_worker,
         num_gpus=t.gpus_per_worker if t.use_gpu else 0)
-    total = np.sum([row["stats"] for row in scored.iter_rows()], axis=0)
-    stats = EpochStats.from_tensor(torch.from_numpy(total))
+    rows = list(scored.iter_rows())
+    stats = EpochStats.from_tensor(torch.from_numpy(np.sum([row["stats"] for row in rows], axis=0)))
+    objects = ObjectCounts.from_array(np.sum([row["objects"] for row in rows], axis=0))
     return {"split": split, "threshold": t.threshold, "patch_size": size, "loss": stats.loss,
-            "samples": stats.samples, **stats.counts.summary(), **stats.histogram.summary()}
+            "samples": stats.samples, **stats.counts.summary(), **stats.histogram.summary(),
+            "objects": objects.summary()}

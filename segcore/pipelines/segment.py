@@ -104,6 +104,8 @@ class SegmentPlan:
     jobs: list[InputJob]
     started_at: float = field(default_factory=time.time)  # the wall clock at planning
     started_cpu: float = field(default_factory=time.process_time)  # the driver's CPU clock at planning
+    # Replaces the checkpoint's model in the inference actors: benchmarks' stand-ins only (no config reaches it).
+    model_factory: Callable[[], torch.nn.Module] | None = None
 
 
 def _digest(data: object) -> str:
@@ -157,8 +159,12 @@ def _plan_input(job: InputJob, plan: SegmentPlan) -> None:
 
 
 def plan_segment(inputs: list[str], checkpoint: str, output: str, cfg: Config,
-                 labels: list[str] | tuple[str, ...] = ()) -> SegmentPlan:
+                 labels: list[str] | tuple[str, ...] = (), *,
+                 model_factory: Callable[[], torch.nn.Module] | None = None) -> SegmentPlan:
     """Check the checkpoint, the output and every input, and plan the blocks (bad inputs marked failed).
+
+    `model_factory` (benchmarks only) runs a stand-in instead of the checkpoint's model. It is named in the
+    settings, so its block files are never reused by a run of the model, and in summary.json.
 
     Raises InputError (nothing can start) for a bad checkpoint, an unwritable output or labels that do
     not pair with the inputs.
@@ -174,12 +180,14 @@ def plan_segment(inputs: list[str], checkpoint: str, output: str, cfg: Config,
                     tile_size=seg.tile_size, overlap=seg.overlap, block_size=seg.block_size, threshold=threshold,
                     precision=seg.precision, gpu=seg.gpus_per_actor > 0, write_probability=seg.write_probability,
                     write_polygons=seg.write_polygons, preview_size=seg.preview_size)
+    if model_factory is not None:
+        settings["stand_in_model"] = repr(model_factory)
     output = absolute(str(output)).rstrip("/")
     try:  # fail now, not after the compute, if the output cannot be written
         write_bytes(join(output, WORK_DIR, "settings.json"), json.dumps(settings, indent=1).encode(), cfg.s3)
     except OSError as exc:
         raise InputError(describe_error(output, exc)) from None
-    plan = SegmentPlan(cfg, checkpoint, output, threshold, settings, [], started_at, started_cpu)
+    plan = SegmentPlan(cfg, checkpoint, output, threshold, settings, [], started_at, started_cpu, model_factory)
     sources = expand(inputs, cfg, fail_alone=True)
     good = [source for source in sources if not source.error]
     label_paths = match_labels(good, [absolute(str(p)) for p in labels], cfg.s3) if labels else [None] * len(good)
@@ -276,26 +284,26 @@ def _descriptors(plan: SegmentPlan) -> list[dict]:
     return rows
 
 
-def _pool_size(setting: int, cpus_each: float, reserved: float) -> int:
-    """`setting`, or with 0 as many actors of `cpus_each` CPUs as the cluster's CPUs beyond `reserved` hold."""
-    if setting:
-        return setting
-    spare = ray.cluster_resources().get("CPU", 1.0) - reserved
-    return max(1, math.floor(spare / cpus_each))
+def _pool_size(setting: int, cpus_each: float, spare: float) -> int:
+    """`setting`, or with 0 as many actors of `cpus_each` CPUs as `spare` CPUs hold (at least one)."""
+    return setting or max(1, math.floor(spare / cpus_each))
 
 
-def _dataset(plan: SegmentPlan, items: list[dict], model_factory: Callable | None = None):
+def _dataset(plan: SegmentPlan, items: list[dict]):
     cfg = plan.cfg
     seg = cfg.segment
-    inference_cpus = seg.actors * seg.cpus_per_actor
-    readers = _pool_size(seg.readers, seg.cpus_per_reader, inference_cpus)
-    writers = _pool_size(seg.writers, seg.cpus_per_writer, inference_cpus)
+    # Readers and writers share the CPUs beside the inference actors and one assembly task, so that a mosaic's
+    # assembly can start while the stream runs instead of waiting for the pools to wind down.
+    reserved = seg.actors * seg.cpus_per_actor + seg.cpus_per_assembly
+    spare = max(0.0, ray.cluster_resources().get("CPU", 1.0) - reserved) / 2
+    readers = _pool_size(seg.readers, seg.cpus_per_reader, spare)
+    writers = _pool_size(seg.writers, seg.cpus_per_writer, spare)
     return (ray.data.from_items(items, override_num_blocks=len(items))
             # Ray takes a callable class (run as an actor pool) where its annotation names only functions
             .map(BlockReader, fn_constructor_kwargs=dict(input_cfg=cfg.input, s3=cfg.s3, http=cfg.http),  # type: ignore[arg-type]
                  num_cpus=seg.cpus_per_reader, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=readers))
             .map_batches(BlockSegmenter, fn_constructor_kwargs=dict(
-                checkpoint=plan.checkpoint, cfg=cfg, threshold=plan.threshold, model_factory=model_factory),
+                checkpoint=plan.checkpoint, cfg=cfg, threshold=plan.threshold, model_factory=plan.model_factory),
                 batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=seg.actors),
                 num_cpus=seg.cpus_per_actor, num_gpus=seg.gpus_per_actor)
             .map(BlockWriter,  # type: ignore[arg-type]
@@ -357,12 +365,8 @@ def _outputs(job: InputJob, run: dict | None = None) -> MosaicOutputs:
     return MosaicOutputs(job.info, job.key, tuple(job.blocks), job.work, job.out, job.labels, run or {})
 
 
-def run_segment(plan: SegmentPlan, model_factory: Callable[[], torch.nn.Module] | None = None) -> dict:
-    """Segment every planned input (on the running Ray, else a local one); writes OUT/summary.json, returns it.
-
-    `model_factory` replaces the checkpoint's model in the inference actors: for benchmarks' stand-ins only
-    (the summary then names it, so its outputs cannot be taken for a model's).
-    """
+def run_segment(plan: SegmentPlan) -> dict:
+    """Segment every planned input (on the running Ray, else a local one); writes OUT/summary.json, returns it."""
     init_ray()
     cfg = plan.cfg
     pending = {n: len(job.todo) for n, job in enumerate(plan.jobs) if not job.error}
@@ -375,7 +379,7 @@ def run_segment(plan: SegmentPlan, model_factory: Callable[[], torch.nn.Module] 
         assemblies.start(number)
     items = _descriptors(plan)
     try:
-        for row in (_dataset(plan, items, model_factory).iter_rows() if items else ()):
+        for row in (_dataset(plan, items).iter_rows() if items else ()):
             number = int(row["input"])
             job = plan.jobs[number]
             if not row["error"]:
@@ -396,10 +400,10 @@ def run_segment(plan: SegmentPlan, model_factory: Callable[[], torch.nn.Module] 
     log.end_progress()
     assemblies.collect(wait=True)
     log.ledger["driver"] = time.process_time() - plan.started_cpu
-    return _summary(plan, log, assemblies.results, model_factory)
+    return _summary(plan, log, assemblies.results)
 
 
-def _summary(plan: SegmentPlan, log: RunLog, results: dict[int, dict], model_factory: Callable | None) -> dict:
+def _summary(plan: SegmentPlan, log: RunLog, results: dict[int, dict]) -> dict:
     seconds = log.now()
     counts = {key: sum(run.counts[key] for run in log.mosaics.values()) for key in ("blocks", "tiles", "pixels")}
     summary = dict(checkpoint=plan.checkpoint, output=plan.output, threshold=plan.threshold,
@@ -413,8 +417,8 @@ def _summary(plan: SegmentPlan, log: RunLog, results: dict[int, dict], model_fac
                                 timeline=log.mosaics[n].timeline()) if job.error else
                            dict(input=job.path, key=job.key, status="ok", timeline=log.mosaics[n].timeline(),
                                 metrics=results.get(n)) for n, job in enumerate(plan.jobs)])
-    if model_factory is not None:
-        summary["stand_in_model"] = getattr(model_factory, "__qualname__", repr(model_factory))
+    if plan.model_factory is not None:
+        summary["stand_in_model"] = plan.settings["stand_in_model"]
     try:
         write_bytes(join(plan.output, "summary.json"), json.dumps(summary, indent=1).encode(), plan.cfg.s3)
     except Exception as exc:

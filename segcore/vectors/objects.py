@@ -26,7 +26,7 @@ import shapely
 
 from segcore.raster.grid import Block
 from segcore.vectors.merge import FragmentMerger
-from segcore.vectors.polygonize import BlockVectors, Buildings, geometry_array
+from segcore.vectors.polygonize import BlockVectors, Buildings, geometry_array, polygonize_block
 from segcore.vectors.truth import TruthPolygons
 
 IOU_BINS = 20  # matched-IoU histogram: bins of 0.05 over [0, 1], the last one closed
@@ -79,6 +79,16 @@ class ObjectCounts:
         """Mean IoU of the matched pairs."""
         return _ratio(self.iou_sum * IOU_UNIT, self.matched)
 
+    def to_array(self) -> np.ndarray:
+        """The counts as one int64 vector (they add up as vectors do), for passing between processes."""
+        return np.array([self.true, self.predicted, self.matched, self.iou_sum, *self.iou_histogram,
+                         self.labels_repaired, self.labels_skipped], np.int64)
+
+    @classmethod
+    def from_array(cls, values: np.ndarray) -> ObjectCounts:
+        true, predicted, matched, iou_sum, *rest = (int(v) for v in values)
+        return cls(true, predicted, matched, iou_sum, tuple(rest[:IOU_BINS]), rest[IOU_BINS], rest[IOU_BINS + 1])
+
     def summary(self) -> dict:
         return {"precision": self.precision, "recall": self.recall, "f1": self.f1, "mean_iou": self.mean_iou,
                 "true": self.true, "predicted": self.predicted, "matched": self.matched,
@@ -110,6 +120,19 @@ def spacenet_match(predicted: np.ndarray, confidence: np.ndarray, ids: np.ndarra
                 used.add(-t)
                 matches.append((p, -t, value))
     return matches
+
+
+def mask_object_counts(predicted: np.ndarray, truth: np.ndarray, probability: np.ndarray | None = None,
+                       iou_threshold: float = 0.5) -> ObjectCounts:
+    """Object counts of one small image (a training patch) scored alone: its predicted and true buildings, each a
+    4-connected component of its boolean mask, matched SpaceNet's way (`probability`, uint8, orders the
+    predictions by confidence). Mosaics stream through ObjectEvaluator instead, seams included."""
+    height, width = predicted.shape
+    whole = Block(0, 0, 0, height, width, 0, 0, 0, 0)
+    found = polygonize_block(predicted.astype(np.uint8), probability, whole, width, height).complete
+    true = polygonize_block(truth.astype(np.uint8), None, whole, width, height).complete
+    matches = spacenet_match(found.geometry, found.confidence, found.id, true.geometry, iou_threshold)
+    return ObjectCounts.from_matches(len(true), len(found), [iou for _, _, iou in matches])
 
 
 @dataclass

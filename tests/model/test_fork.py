@@ -27,6 +27,7 @@ from segcore.metrics import ConfusionCounts
 from segcore.model.fork import from_fork_state_dict
 from segcore.model.refinenet import RefineNet
 from segcore.training import TrainHooks, to_model_input
+from segcore.vectors.objects import ObjectCounts, mask_object_counts
 from tests import jobs
 from tests.conftest import REPO
 from tests.helpers import small_config
@@ -165,17 +166,19 @@ def test_segment_with_the_forks_bare_weights_gives_the_forks_mask(fork_run, scen
     assert np.array_equal(read_mask(tmp_path / "out" / "image" / "mask.tif"), forks_mask(fork_run.model, scene))
 
 
-def forks_counts(fork: torch.nn.Module, root: Path, split: str) -> ConfusionCounts:
-    """Confusion counts of the fork's own model over a split's patches at 0.45."""
+def forks_counts(fork: torch.nn.Module, root: Path, split: str) -> tuple[ConfusionCounts, ObjectCounts]:
+    """Pixel and building counts of the fork's own model over a split's patches at 0.45."""
     from segcore.data.patches import decode_image, decode_label, list_pairs
 
-    counts = ConfusionCounts()
+    counts, objects = ConfusionCounts(), ObjectCounts()
     for image, label in list_pairs(str(root), split):
         x = to_model_input(decode_image(Path(image).read_bytes(), image)[None], torch.device("cpu"))
         with torch.no_grad():
             probability = fork(x).sigmoid()[0, 0].numpy()
-        counts += ConfusionCounts.from_arrays(probability >= 0.45, decode_label(Path(label).read_bytes(), label) > 0)
-    return counts
+        truth = decode_label(Path(label).read_bytes(), label) > 0
+        counts += ConfusionCounts.from_arrays(probability >= 0.45, truth)
+        objects += mask_object_counts(probability >= 0.45, truth, np.rint(probability * 255).astype(np.uint8))
+    return counts, objects
 
 
 @pytest.fixture(scope="module")
@@ -186,23 +189,26 @@ def patches(tmp_path_factory) -> Path:
 def test_evaluate_with_each_fork_file_gives_the_forks_counts(fork_run, patches, ray_local, tmp_path):
     from segcore.pipelines.evaluate import run_evaluation
 
-    expected = forks_counts(fork_run.model, patches, "test")
+    expected, objects = forks_counts(fork_run.model, patches, "test")
+    assert objects.true > 0
     for path in (fork_run.best, fork_run.weights):
         cfg = load_config(None, ["train.num_workers=1", "train.cpus_per_worker=1"])
         metrics = run_evaluation(cfg, str(path), str(patches), "test")
         assert (metrics["tp"], metrics["fp"], metrics["fn"], metrics["tn"]) == \
             (expected.tp, expected.fp, expected.fn, expected.tn), path.name
+        assert metrics["objects"] == objects.summary(), path.name
         assert metrics["threshold"] == 0.45 and metrics["samples"] == 3
 
 
 def test_evaluate_cli_with_the_forks_training_state(fork_run, patches, tmp_path):
-    expected = forks_counts(fork_run.model, patches, "val")
+    expected, objects = forks_counts(fork_run.model, patches, "val")
     result = jobs.run_job("evaluate", "--checkpoint", fork_run.best, "--data", patches, "--split", "val",
                         "--output", tmp_path / "metrics.json", env=jobs.job_env(jobs.short_tmp("fev")), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert (metrics["tp"], metrics["fp"], metrics["fn"], metrics["tn"]) == (expected.tp, expected.fp, expected.fn,
                                                                             expected.tn)
+    assert metrics["objects"] == objects.summary()
 
 
 def save_initial_state(folder: str, model: torch.nn.Module, rank: int) -> None:

@@ -26,7 +26,9 @@ def runs(cities, ray_local, tiny_checkpoint, tmp_path_factory):
         out = tmp_path_factory.mktemp(f"seams{block_size}")
         cfg = config(f"segment.block_size={block_size}", "segment.write_polygons=true",
                      "segment.write_probability=true")
-        summary = run_segment(plan_segment([str(city.image)], tiny_checkpoint, str(out), cfg), BrightnessModel)
+        summary = run_segment(plan_segment([str(city.image)], tiny_checkpoint, str(out), cfg,
+                                           model_factory=BrightnessModel))
+        assert "BrightnessModel" in summary["stand_in_model"]
         assert summary["ok"] == 1, summary
         outputs[block_size] = out / "image"
     return outputs

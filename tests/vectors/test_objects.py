@@ -15,7 +15,7 @@ from segcore.errors import InputError
 from segcore.raster.grid import plan_blocks
 from segcore.raster.io import RasterInfo, inspect_raster
 from segcore.vectors.merge import FragmentMerger
-from segcore.vectors.objects import IOU_BINS, ObjectCounts, ObjectEvaluator, spacenet_match
+from segcore.vectors.objects import IOU_BINS, ObjectCounts, ObjectEvaluator, mask_object_counts, spacenet_match
 from segcore.vectors.polygonize import Buildings, geometry_array, polygonize_block
 from segcore.vectors.shapes import GroundFrame, clean_buildings, map_affine, reach_px
 from segcore.vectors.truth import TruthPolygons, read_truth_polygons
@@ -80,6 +80,9 @@ def test_labels_shifted_by_k_pixels_give_the_iou_computed_by_hand():
         assert (counts.true, counts.predicted, counts.matched) == (4, 4, len(matched))
         assert counts.mean_iou == pytest.approx(np.mean(matched), abs=1e-8)
         assert counts.precision == counts.recall == counts.f1 == len(matched) / 4
+        alone = mask_object_counts(shifted > 0, truth > 0)  # one patch scored alone (evaluate's way)
+        assert (alone.true, alone.predicted, alone.matched) == (4, 4, len(matched))
+        assert alone.mean_iou == pytest.approx(np.mean(matched), abs=1e-8)
 
 
 def test_spacenet_matching_with_overlapping_truths_and_predictions():
@@ -138,6 +141,7 @@ def test_counts_add_up_and_summarize():
     summary = total.summary()
     assert summary["f1"] == pytest.approx(2 * 3 / 8) and summary["iou_histogram"]["edges"][10] == 0.5
     assert ObjectCounts().summary()["f1"] == 0.0 and ObjectCounts().mean_iou == 0.0
+    assert ObjectCounts.from_array(a.to_array() + b.to_array()) == total
 
 
 def _image(tmp_path, size=64) -> RasterInfo:
