@@ -8,10 +8,11 @@ a set time per tile and computes next to nothing, so every CPU-second counted is
 around it is the product's: readers, inference actor, writers, assembly tasks, block files, COGs, previews,
 metrics against the labels, polygons when on. Defaults are configs/segment.yaml's (tile 384, overlap 64).
 
-- cost: a generated city with its labels, device time 0. CPU-seconds per megapixel of each stage from
-  summary.json's ledger (each stage's CPU clock, summed over every process that ran it), for the default
-  outputs and with polygons; from them the cores one GPU needs at an H100's rate (1,740 tiles/s) and an A10G's
-  (220 tiles/s).
+- cost: a generated city with its labels, device time 0, after one warm-up run. CPU-seconds per megapixel
+  of each stage from summary.json's ledger (each stage's CPU clock, summed over every process that ran it),
+  for the default outputs and with polygons. Tiling, blend and threshold run on the inference actor's device:
+  the CPU here, a GPU in a GPU deployment; the host total leaves them out. From it, the host cores one GPU
+  needs at an H100's rate (1,740 tiles/s) and an A10G's (220 tiles/s).
 - busy: a simulated device of 0.8 x the tiles/s that this machine's cores feed at the measured cost, over one
   large mosaic (a VRT of copies of the city): its busy share in steady state (the middle 80% of its passes),
   and end to end (device time over the run's wall time, from planning to the last output).
@@ -87,9 +88,13 @@ def megapixels(summary: dict) -> float:
 
 
 def section_cost(work: Path, city, checkpoint: str, results: dict) -> None:
-    for name, overrides in (("default outputs", ()), ("with polygons", ("segment.write_polygons=true",))):
+    # A first run warms the page cache and each process's imports and GDAL state; it is not reported.
+    polygons = ("segment.write_polygons=true",)
+    for name, overrides in (("warm-up", ()), ("default outputs", ()), ("with polygons", polygons)):
         summary = run([city.image], [city.labels], work / "out-cost", config(*overrides), checkpoint,
                       SimulatedDevice.factory(0.0))
+        if name == "warm-up":
+            continue
         mpx, cpu = megapixels(summary), data_path_cpu(summary)
         per_mpx = {stage: seconds / mpx for stage, seconds in cpu.items()}
         host = sum(value for stage, value in per_mpx.items() if stage not in ON_DEVICE)
