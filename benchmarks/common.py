@@ -419,3 +419,12 @@ def fmt(value, digits: int = 2) -> str:
 def dump_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+
+
+def publish(text: str, data: dict, folder: Path, stem: str) -> None:
+    """Print a benchmark's markdown report and write it, with its raw figures, to folder/stem.{md,json}."""
+    print("\n" + text, flush=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.md").write_text(text)
+    dump_json(folder / f"{stem}.json", data)
+    print(f"written: {folder / stem}.md, {folder / stem}.json")

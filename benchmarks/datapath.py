@@ -2,6 +2,7 @@
 
     python benchmarks/datapath.py                 # 4096^2 costs, then a simulated device at 16384^2 and 16 x 2048^2
     python benchmarks/datapath.py --quick         # 2048^2 costs, 8192^2 and 8 x 1024^2 (a few minutes)
+    python benchmarks/datapath.py --vector-share 8192  # only: footprints' CPU share with a real model on CPU
 
 The model is replaced by benchmarks/simulated_device.py (through run_segment's model_factory): it sleeps for
 a set time per tile and computes next to nothing, so every CPU-second counted is data path. The pipeline
@@ -152,6 +153,26 @@ def section_many(work: Path, city, count: int, checkpoint: str, rate: float, res
     common.log(f"many: wall {summary['wall_s']:.1f} s for {device_s:.1f} s of device time")
 
 
+def section_vector_share(work: Path, city, checkpoint: str, size: int) -> str:
+    """The footprint stages' share of a CPU run with a real model (the random-weights ResNet18/16 stand-in of
+    benchmarks/run.py, one actor per core as configs/dev.yaml): polygonize and footprints over all CPU."""
+    image = common.mosaic(work, city.image, size)
+    labels = common.tiled_vrt(city.labels, work / f"labels-{size}.vrt", size, size)
+    cores = os.cpu_count() or 1
+    cfg = config("segment.write_polygons=true", f"segment.actors={cores}",
+                 f"segment.cpus_per_actor={(cores - 1) / cores}", "segment.cpus_per_reader=0.25",
+                 "segment.cpus_per_writer=0.25", "segment.readers=1", "segment.writers=1")
+    summary = run([image], [labels], work / "out-vectors", cfg, checkpoint, None)
+    cpu = summary["cpu_s"]
+    vector, total = cpu.get("polygonize", 0.0) + cpu.get("footprints", 0.0), sum(cpu.values())
+    metrics = summary["inputs"][0]["metrics"]
+    return (f"### Footprints with a real model: {size}^2, refinenet-resnet18/16 (random weights), {cores} actors, "
+            f"{cores} cores\n\n" + table(["wall s", "CPU-s, all stages", "CPU-s, polygonize + footprints", "share",
+                                            "buildings"],
+                                           [[fmt(summary["wall_s"], 1), fmt(total, 1), fmt(vector, 1),
+                                             f"{100 * vector / total:.1f} %", metrics.get("polygons")]]))
+
+
 def report(results: dict) -> str:
     cost, cores = results["cost"], results["machine"]["cores"]
     names = list(cost)
@@ -190,6 +211,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/segcore-datapath"))
+    parser.add_argument("--vector-share", type=int, metavar="SIZE",
+                        help="only this: the footprint stages' CPU share with a real model on a SIZE^2 mosaic")
     args = parser.parse_args()
     p = PROFILES["quick" if args.quick else "full"]
     work = args.workdir
@@ -199,8 +222,12 @@ def main() -> int:
                          command="python benchmarks/datapath.py" + (" --quick" if args.quick else ""))
     city = common.city(work, p["city"])
     small = common.city(work, p["many_size"])
-    checkpoint = common.make_checkpoint(work / "unused-weights.pt", "resnet18", 16)  # plan_segment checks one
+    # Random weights: the model of --vector-share; plan_segment checks it beside the stand-in too.
+    checkpoint = common.make_checkpoint(work / "resnet18-16.pt", "resnet18", 16)
     common.start_ray(cores)
+    if args.vector_share:
+        print(section_vector_share(work, city, checkpoint, args.vector_share))
+        return 0
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(simulated_device)  # the actors need not import benchmarks/
@@ -210,9 +237,7 @@ def main() -> int:
     large_labels = common.tiled_vrt(city.labels, work / f"labels-{p['large']}.vrt", p["large"], p["large"])
     section_busy(work, large, large_labels, checkpoint, rate, results)
     section_many(work, small, p["many"], checkpoint, rate, results)
-    text = report(results)
-    print(text)
-    common.dump_json(work / "datapath.json", results)
+    common.publish(report(results), results, work, "datapath")
     return 0
 
 

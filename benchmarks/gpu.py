@@ -300,13 +300,7 @@ def main() -> int:
         section_pipeline(args, res, device)
     if "train" in args.only:
         section_train(args, res, device)
-    text = report(res)
-    print("\n" + text, flush=True)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu.md").write_text(text)
-    common.dump_json(out / "gpu.json", res)
-    print(f"written: {out / 'gpu.md'}, {out / 'gpu.json'}")
+    common.publish(report(res), res, Path(args.output), "gpu")
     return 0
 
 

@@ -531,11 +531,7 @@ def main() -> int:
     results["load_end"] = common.load_average()
     results["total_seconds"] = time.perf_counter() - began
     text = report(results, p, args) + f"\nTotal benchmark time {results['total_seconds'] / 60:.1f} min.\n"
-    print("\n" + text, flush=True)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "results.md").write_text(text)
-    common.dump_json(output / "results.json", results)
-    print(f"written: {output}/results.md, {output}/results.json")
+    common.publish(text, results, output, "results")
     return 0
 
 

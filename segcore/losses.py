@@ -6,8 +6,8 @@ from torch import nn
 from torch.nn import functional as F
 
 
-class BCEWithSoftDice(nn.Module):
-    """BCE + weight * (1 - soft Dice), Dice over the whole batch with +1 smoothing, as in the fork."""
+class _BCEWithOverlap(nn.Module):
+    """BCE on the logits plus `weight` x an overlap term of the probabilities over the whole batch."""
 
     def __init__(self, weight: float = 1.0):
         super().__init__()
@@ -15,27 +15,29 @@ class BCEWithSoftDice(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = logits.float(), target.float()
-        probs = logits.sigmoid()
+        return F.binary_cross_entropy_with_logits(logits, target) + self.weight * self.overlap(logits.sigmoid(), target)
+
+    def overlap(self, probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class BCEWithSoftDice(_BCEWithOverlap):
+    """BCE + weight * (1 - soft Dice), Dice over the whole batch with +1 smoothing, as in the fork."""
+
+    def overlap(self, probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         dice = (2.0 * (probs * target).sum() + 1.0) / (probs.sum() + target.sum() + 1.0)
-        return F.binary_cross_entropy_with_logits(logits, target) + self.weight * (1.0 - dice)
+        return 1.0 - dice
 
 
-class BCEWithJaccard(nn.Module):
+class BCEWithJaccard(_BCEWithOverlap):
     """BCE - weight * log(soft IoU): the log keeps the gradient strong when the overlap is small."""
 
     EPS = 1e-7
 
-    def __init__(self, weight: float = 1.0):
-        super().__init__()
-        self.weight = weight
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits, target = logits.float(), target.float()
-        probs = logits.sigmoid()
+    def overlap(self, probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         intersection = (probs * target).sum()
         union = probs.sum() + target.sum() - intersection
-        log_iou = torch.log((intersection + self.EPS) / (union + self.EPS))
-        return F.binary_cross_entropy_with_logits(logits, target) - self.weight * log_iou
+        return -torch.log((intersection + self.EPS) / (union + self.EPS))
 
 
 class BCE(nn.Module):

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _ratio(num: float, den: float) -> float:
+def ratio(num: float, den: float) -> float:
+    """num / den, 0.0 where den is 0 (a score of nothing)."""
     return float(num) / float(den) if den else 0.0
 
 
@@ -55,23 +56,23 @@ class ConfusionCounts:
 
     @property
     def iou(self) -> float:
-        return _ratio(self.tp, self.tp + self.fp + self.fn)
+        return ratio(self.tp, self.tp + self.fp + self.fn)
 
     @property
     def f1(self) -> float:
-        return _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn)
+        return ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn)
 
     @property
     def precision(self) -> float:
-        return _ratio(self.tp, self.tp + self.fp)
+        return ratio(self.tp, self.tp + self.fp)
 
     @property
     def recall(self) -> float:
-        return _ratio(self.tp, self.tp + self.fn)
+        return ratio(self.tp, self.tp + self.fn)
 
     @property
     def accuracy(self) -> float:
-        return _ratio(self.tp + self.tn, self.total)
+        return ratio(self.tp + self.tn, self.total)
 
     def summary(self) -> dict:
         """The derived metrics and the raw counts, as plain JSON-able data."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import shapely
 
+from segcore.metrics import ratio
 from segcore.raster.grid import Block
 from segcore.vectors.merge import FragmentMerger
 from segcore.vectors.polygonize import BlockVectors, Buildings, geometry_array, polygonize_block
@@ -31,10 +32,6 @@ from segcore.vectors.truth import TruthPolygons
 
 IOU_BINS = 20  # matched-IoU histogram: bins of 0.05 over [0, 1], the last one closed
 IOU_UNIT = 1e-9  # matched IoUs are summed as integers of this unit, so sums are exact in any order
-
-
-def _ratio(num: float, den: float) -> float:
-    return float(num) / float(den) if den else 0.0
 
 
 @dataclass(frozen=True)
@@ -64,20 +61,20 @@ class ObjectCounts:
 
     @property
     def precision(self) -> float:
-        return _ratio(self.matched, self.predicted)
+        return ratio(self.matched, self.predicted)
 
     @property
     def recall(self) -> float:
-        return _ratio(self.matched, self.true)
+        return ratio(self.matched, self.true)
 
     @property
     def f1(self) -> float:
-        return _ratio(2 * self.matched, self.true + self.predicted)
+        return ratio(2 * self.matched, self.true + self.predicted)
 
     @property
     def mean_iou(self) -> float:
         """Mean IoU of the matched pairs."""
-        return _ratio(self.iou_sum * IOU_UNIT, self.matched)
+        return ratio(self.iou_sum * IOU_UNIT, self.matched)
 
     def to_array(self) -> np.ndarray:
         """The counts as one int64 vector (they add up as vectors do), for passing between processes."""
