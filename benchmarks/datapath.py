@@ -3,6 +3,7 @@
     python benchmarks/datapath.py                 # 4096^2 costs, then a simulated device at 16384^2 and 16 x 2048^2
     python benchmarks/datapath.py --quick         # 2048^2 costs, 8192^2 and 8 x 1024^2 (a few minutes)
     python benchmarks/datapath.py --vector-share 8192  # only: footprints' CPU share with a real model on CPU
+    python benchmarks/datapath.py --polygon-memory     # only: peak RSS with polygons, 4096^2 and 16384^2
 
 The model is replaced by benchmarks/simulated_device.py (through run_segment's model_factory): it sleeps for
 a set time per tile and computes next to nothing, so every CPU-second counted is data path. The pipeline
@@ -173,6 +174,29 @@ def section_vector_share(work: Path, city, checkpoint: str, size: int) -> str:
                                              f"{100 * vector / total:.1f} %", metrics.get("polygons")]]))
 
 
+def section_polygon_memory(work: Path, city, checkpoint: str, large_size: int) -> str:
+    """Peak RSS with polygons on: the city and a large mosaic of copies of it (device time 0)."""
+    rows = []
+    for size in (city_size(city), large_size):
+        image = common.mosaic(work, city.image, size)
+        labels = common.tiled_vrt(city.labels, work / f"labels-{size}.vrt", size, size)
+        summary = run([image], [labels], work / "out-memory", config("segment.write_polygons=true"), checkpoint,
+                      SimulatedDevice.factory(0.0))
+        rows.append([f"{size}^2", summary["inputs"][0]["metrics"]["polygons"], fmt(summary["wall_s"], 1),
+                     f"{summary['peak_rss_mib']:.0f}", summary["rss_top"]])
+        common.log(f"polygons at {size}^2: peak RSS {summary['peak_rss_mib']:.0f} MiB")
+    ratio = float(rows[1][3]) / float(rows[0][3])
+    return (f"### Peak RSS with polygons on (simulated device, 0 s/tile): ratio {ratio:.2f}\n\n"
+            + table(["mosaic", "buildings", "wall s", "peak RSS MiB", "largest processes (MiB)"], rows))
+
+
+def city_size(city) -> int:
+    import rasterio
+
+    with rasterio.open(city.image) as src:
+        return src.width
+
+
 def report(results: dict) -> str:
     cost, cores = results["cost"], results["machine"]["cores"]
     names = list(cost)
@@ -211,6 +235,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/segcore-datapath"))
+    parser.add_argument("--polygon-memory", action="store_true",
+                        help="only this: peak RSS with polygons at the city's size and the large size")
     parser.add_argument("--vector-share", type=int, metavar="SIZE",
                         help="only this: the footprint stages' CPU share with a real model on a SIZE^2 mosaic")
     args = parser.parse_args()
@@ -225,12 +251,13 @@ def main() -> int:
     # Random weights: the model of --vector-share; plan_segment checks it beside the stand-in too.
     checkpoint = common.make_checkpoint(work / "resnet18-16.pt", "resnet18", 16)
     common.start_ray(cores)
-    if args.vector_share:
-        print(section_vector_share(work, city, checkpoint, args.vector_share))
-        return 0
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(simulated_device)  # the actors need not import benchmarks/
+    if args.vector_share or args.polygon_memory:
+        print(section_vector_share(work, city, checkpoint, args.vector_share) if args.vector_share else
+              section_polygon_memory(work, city, checkpoint, p["large"]))
+        return 0
     section_cost(work, city, checkpoint, results)
     rate = device_rate(results, cores)
     large = common.mosaic(work, city.image, p["large"])

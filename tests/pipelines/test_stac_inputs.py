@@ -63,27 +63,40 @@ def test_segment_catalogs_on_s3_and_over_https_in_one_run(catalog, tiny_checkpoi
     assert all(mask.shape == (32, 48) for mask in masks)
 
 
-def test_prepare_from_an_item_collection_names_patches_by_item_id(cities, ray_local, tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_prepare_from_an_item_collection_names_patches_by_item_id(where, cities, ray_local, s3_bucket, tmp_path):
+    """An ItemCollection of two cities, on local disk or on S3 with its rasters beside it."""
     from segcore.pipelines.prepare import prepare_dataset
 
-    items, labels = [], tmp_path / "labels"
+    endpoint, bucket = s3_bucket
+    client = boto3.client("s3", endpoint_url=endpoint)
+    items, labels, sources = [], tmp_path / "labels", set()
     labels.mkdir()
     for seed, item_id in enumerate(("east", "west")):
         city = cities(640, 512, seed=seed)
+        href = str(city.image)
+        if where == "s3":
+            client.upload_file(href, bucket, f"scenes/{item_id}.tif")
+            href = f"s3://{bucket}/scenes/{item_id}.tif"
+        sources.add(href)
         bbox = [15.0 + seed, 47.0, 15.01 + seed, 47.01]
         geometry = {"type": "Polygon", "coordinates": [[[bbox[0], bbox[1]], [bbox[2], bbox[1]], [bbox[2], bbox[3]],
                                                         [bbox[0], bbox[3]], [bbox[0], bbox[1]]]]}
         item = pystac.Item(item_id, geometry, bbox, datetime.datetime(2024, 6, 1, tzinfo=datetime.timezone.utc), {})
-        item.add_asset("visual", pystac.Asset(str(city.image), media_type=pystac.MediaType.GEOTIFF))
+        item.add_asset("visual", pystac.Asset(href, media_type=pystac.MediaType.GEOTIFF))
         items.append(item)
         shutil.copy(city.labels, labels / f"{item_id}.tif")  # label files are matched to Items by id
     collection = tmp_path / "items.json"
     pystac.ItemCollection(items).save_object(dest_href=str(collection))
+    spec = str(collection)
+    if where == "s3":
+        client.upload_file(spec, bucket, "scenes/items.json")
+        spec = f"s3://{bucket}/scenes/items.json"
     out = tmp_path / "patches"
-    summary = prepare_dataset([str(collection)], [str(labels)], str(out),
-                              load_config(None, ["prepare.tile_size=128", "prepare.split_block=256"]))
+    cfg = load_config(None, ["prepare.tile_size=128", "prepare.split_block=256", f"s3.endpoint_url={endpoint}"])
+    summary = prepare_dataset([spec], [str(labels)], str(out), cfg)
     rows = manifest(out)
     assert sum(summary.patches.values()) == len(rows) > 0
-    assert {row["source_image"] for row in rows} == {str(cities(640, 512, seed=s).image) for s in (0, 1)}
+    assert {row["source_image"] for row in rows} == sources
     names = {Path(row["image"]).name.split("_")[0] for row in rows}
     assert names == {"east", "west"}
