@@ -138,6 +138,17 @@ def malicious_checkpoint(path: Path, marker: Path) -> Path:
     return path
 
 
+def corrupt_middle_block(path: Path) -> Path:
+    """Overwrite one inner tile of a tiled GeoTIFF: the header and the last pixel still read fine."""
+    with rasterio.open(path) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_1_1", "TIFF", bidx=1))
+    data = bytearray(path.read_bytes())
+    data[offset:offset + size] = b"\xff" * size
+    path.write_bytes(bytes(data))
+    return path
+
+
 def random_bytes(path: Path, size: int = 4096, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes())

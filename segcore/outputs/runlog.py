@@ -49,6 +49,10 @@ class RunLog:
     def now(self) -> float:
         return time.time() - self.started_at
 
+    def total(self, key: str) -> float:
+        """A count (blocks, tiles, pixels, seconds) summed over the mosaics."""
+        return sum(run.counts[key] for run in self.mosaics.values())
+
     def block_done(self, number: int, row: dict, stages: tuple[str, ...]) -> None:
         """A computed block's row from the stream: its counts, its stages' CPU seconds, its times."""
         run = self.mosaics[number]
@@ -76,9 +80,8 @@ class RunLog:
         if not self.tty and now - self._last_line < PROGRESS_EVERY_S:
             return
         self._last_line = now
-        done = sum(m.counts["blocks"] for m in self.mosaics.values())
-        todo = sum(m.blocks_todo for m in self.mosaics.values())
-        tiles, elapsed = sum(m.counts["tiles"] for m in self.mosaics.values()), self.now()
+        done, todo = self.total("blocks"), sum(m.blocks_todo for m in self.mosaics.values())
+        tiles, elapsed = self.total("tiles"), self.now()
         eta = elapsed / done * (todo - done) if done else float("nan")
         line = (f"{done}/{todo} blocks ({run.key}: {run.counts['blocks']}/{run.blocks_todo}), "
                 f"{tiles / max(elapsed, 1e-9):.1f} tiles/s, ETA {_duration(eta)}")

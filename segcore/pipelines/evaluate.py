@@ -43,16 +43,16 @@ class PatchScorer:
         self.loss = build_loss(t.loss, t.loss_weight)
 
     def __call__(self, batch: dict) -> dict:
-        objects = [ObjectCounts()]
+        patches: list[ObjectCounts] = []
 
         def score_buildings(probabilities: np.ndarray, target: np.ndarray) -> None:
-            for probability, truth in zip(probabilities[:, 0], target[:, 0], strict=True):
-                objects[0] += mask_object_counts(probability >= self.cfg.train.threshold, truth,
-                                                 np.rint(probability * 255).astype(np.uint8),
-                                                 self.cfg.polygons.match_iou)
+            patches.extend(mask_object_counts(probability >= self.cfg.train.threshold, truth,
+                                              np.rint(probability * 255).astype(np.uint8), self.cfg.polygons.match_iou)
+                           for probability, truth in zip(probabilities[:, 0], target[:, 0], strict=True))
 
         stats = evaluate(self.model, [self.read(batch)], self.loss, self.device, self.cfg.train, score_buildings)
-        return {"stats": stats.to_tensor().numpy()[None], "objects": np.array([objects[0].to_array()])}
+        objects = sum(patches, ObjectCounts())
+        return {"stats": stats.to_tensor().numpy()[None], "objects": np.array([objects.to_array()])}
 
 
 def run_evaluation(cfg: Config, checkpoint: str, data_root: str, split: str = "test",

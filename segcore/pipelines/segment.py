@@ -405,7 +405,7 @@ def run_segment(plan: SegmentPlan) -> dict:
 
 def _summary(plan: SegmentPlan, log: RunLog, results: dict[int, dict]) -> dict:
     seconds = log.now()
-    counts = {key: sum(run.counts[key] for run in log.mosaics.values()) for key in ("blocks", "tiles", "pixels")}
+    counts = {key: log.total(key) for key in ("blocks", "tiles", "pixels")}
     summary = dict(checkpoint=plan.checkpoint, output=plan.output, threshold=plan.threshold,
                    settings_sha256=_digest(plan.settings), seconds=round(seconds, 3),
                    ok=sum(1 for job in plan.jobs if not job.error), failed=sum(1 for job in plan.jobs if job.error),

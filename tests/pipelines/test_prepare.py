@@ -20,6 +20,7 @@ from segcore.storage import filesystem
 from segcore.synth import generate_city
 from tests.conftest import REPO
 from tests.helpers import leftovers, manifest
+from tests.inputs import corrupt_middle_block
 
 SMALL = ["prepare.tile_size=128", "prepare.split_block=512"]
 
@@ -275,12 +276,7 @@ def test_corrupt_block_found_mid_run_leaves_nothing(geotiff, tmp_path, ray_local
     # task (seconds of work) has just started.
     big = geotiff("big.tif", _rgb(4096, 4096))
     image = geotiff("a_img.tif", _rgb(512, 512), tiled=True, blockxsize=128, blockysize=128, compress="deflate")
-    with rasterio.open(image) as src:
-        offset = int(src.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
-        size = int(src.get_tag_item("BLOCK_SIZE_1_1", "TIFF", bidx=1))
-    data = bytearray(image.read_bytes())
-    data[offset:offset + size] = b"\xff" * size
-    image.write_bytes(bytes(data))
+    corrupt_middle_block(image)
     out = tmp_path / "ds"
     labels = [str(_polygons(tmp_path / "img.geojson")), str(_polygons(tmp_path / "big.geojson"))]
     with pytest.raises(InputError, match=r"a_img\.tif"):

@@ -26,7 +26,7 @@ from segcore.storage import filesystem
 from tests import helpers
 from tests.conftest import REPO, write_geotiff
 from tests.helpers import by_key
-from tests.inputs import THRESHOLD
+from tests.inputs import THRESHOLD, corrupt_middle_block
 
 SEGMENT = ("segment.tile_size=64", "segment.overlap=16", "segment.block_size=192", "segment.batch_size=16",
            "segment.preview_size=200")
@@ -211,16 +211,6 @@ def test_s3_four_band_uint16_input_gives_the_local_uint8_bytes(first_run, inputs
     fs = filesystem(f"s3://{bucket}", config(*overrides).s3)
     assert fs.cat_file(f"s3://{bucket}/out/city/mask.tif") == (out / "city" / "mask.tif").read_bytes()
     assert fs.exists(f"s3://{bucket}/out/city/preview.png") and fs.exists(f"s3://{bucket}/out/summary.json")
-
-
-def corrupt_middle_block(path: Path) -> None:
-    """Overwrite one inner tile of a tiled GeoTIFF: the header and the last pixel still read fine."""
-    with rasterio.open(path) as src:
-        offset = int(src.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
-        size = int(src.get_tag_item("BLOCK_SIZE_1_1", "TIFF", bidx=1))
-    data = bytearray(path.read_bytes())
-    data[offset:offset + size] = b"\xff" * size
-    path.write_bytes(bytes(data))
 
 
 @pytest.fixture(scope="module")
