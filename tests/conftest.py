@@ -116,11 +116,13 @@ def tiny_checkpoint(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray (2 CPUs) for the whole session, never an outside cluster."""
+def ray_local(http_files):
+    """One local Ray (2 CPUs) for the whole session, never an outside cluster. Its workers trust the loopback
+    HTTPS server's CA, as a cluster's nodes trust their own CA bundle."""
     import ray
 
+    env_vars = {"PYTHONPATH": str(REPO), "CURL_CA_BUNDLE": str(http_files.ca)}
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=1_500_000_000,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+             runtime_env={"env_vars": env_vars})
     yield ray
     ray.shutdown()

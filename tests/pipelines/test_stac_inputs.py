@@ -63,9 +63,10 @@ def test_segment_catalogs_on_s3_and_over_https_in_one_run(catalog, tiny_checkpoi
     assert all(mask.shape == (32, 48) for mask in masks)
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
-def test_prepare_from_an_item_collection_names_patches_by_item_id(where, cities, ray_local, s3_bucket, tmp_path):
-    """An ItemCollection of two cities, on local disk or on S3 with its rasters beside it."""
+@pytest.mark.parametrize("where", ["local", "s3", "https"])
+def test_prepare_from_an_item_collection_names_patches_by_item_id(where, cities, ray_local, s3_bucket, http_files,
+                                                                  monkeypatch, tmp_path):
+    """An ItemCollection of two cities, on local disk, on S3 or over HTTPS, with its rasters beside it."""
     from segcore.pipelines.prepare import prepare_dataset
 
     endpoint, bucket = s3_bucket
@@ -78,6 +79,10 @@ def test_prepare_from_an_item_collection_names_patches_by_item_id(where, cities,
         if where == "s3":
             client.upload_file(href, bucket, f"scenes/{item_id}.tif")
             href = f"s3://{bucket}/scenes/{item_id}.tif"
+        elif where == "https":
+            (http_files.root / "prepare-stac").mkdir(exist_ok=True)
+            shutil.copy(href, http_files.root / "prepare-stac" / f"{item_id}.tif")
+            href = f"{http_files.https}/files/prepare-stac/{item_id}.tif"
         sources.add(href)
         bbox = [15.0 + seed, 47.0, 15.01 + seed, 47.01]
         geometry = {"type": "Polygon", "coordinates": [[[bbox[0], bbox[1]], [bbox[2], bbox[1]], [bbox[2], bbox[3]],
@@ -92,6 +97,10 @@ def test_prepare_from_an_item_collection_names_patches_by_item_id(where, cities,
     if where == "s3":
         client.upload_file(spec, bucket, "scenes/items.json")
         spec = f"s3://{bucket}/scenes/items.json"
+    elif where == "https":
+        monkeypatch.setenv("CURL_CA_BUNDLE", str(http_files.ca))  # the driver reads the catalog, the workers pixels
+        shutil.copy(spec, http_files.root / "prepare-stac" / "items.json")
+        spec = f"{http_files.https}/files/prepare-stac/items.json"
     out = tmp_path / "patches"
     cfg = load_config(None, ["prepare.tile_size=128", "prepare.split_block=256", f"s3.endpoint_url={endpoint}"])
     summary = prepare_dataset([spec], [str(labels)], str(out), cfg)
