@@ -257,6 +257,12 @@ class S3Config:
     region: str | None = None
     # Unsigned requests, for public buckets (open imagery): no credentials are looked up or sent.
     anonymous: bool = False
+    # Tries per S3 request, with exponential backoff (botocore's standard mode; Ray Train's checkpoint uploads
+    # the same). s3fs tries each call up to 5 times on top: the default rides out outages of ~30 s.
+    max_attempts: int = 5
+
+    def validate(self, at: str) -> None:
+        _check(f"{at}.max_attempts", self.max_attempts, self.max_attempts >= 1, "an integer >= 1")
 
 
 @dataclass

@@ -70,7 +70,7 @@ def filesystem(path: str, s3: S3Config | None = None, http: HTTPConfig | None = 
         client_kwargs["region_name"] = s3.region
     # Fresh instance per call site (no cross-process cache surprises after fork); retries for flaky networks.
     return s3fs.S3FileSystem(client_kwargs=client_kwargs, skip_instance_cache=True, anon=s3.anonymous,
-                             config_kwargs={"retries": {"max_attempts": 5, "mode": "standard"}})
+                             config_kwargs={"retries": {"max_attempts": s3.max_attempts, "mode": "standard"}})
 
 
 def absolute(path: str) -> str:

@@ -79,10 +79,11 @@ def test_segcore_imports_without_ray():
 
 def test_source_and_tracking_settings():
     assert load_config().train.tracking == ["tensorboard"] and load_config().s3.anonymous is False
-    cfg = load_config(None, ["s3.anonymous=true", "http.timeout_s=5", "http.max_retries=0", "stac.asset=image",
-                             "stac.bbox=[15, 47.5, 15.5, 48]", "stac.datetime=2023-01-01/..",
+    cfg = load_config(None, ["s3.anonymous=true", "s3.max_attempts=2", "http.timeout_s=5", "http.max_retries=0",
+                             "stac.asset=image", "stac.bbox=[15, 47.5, 15.5, 48]", "stac.datetime=2023-01-01/..",
                              "train.tracking=[tensorboard, mlflow]"])
-    assert cfg.s3.anonymous is True and cfg.http.timeout_s == 5.0 and cfg.http.max_retries == 0
+    assert cfg.s3.anonymous is True and cfg.s3.max_attempts == 2
+    assert cfg.http.timeout_s == 5.0 and cfg.http.max_retries == 0
     assert cfg.stac.asset == "image" and cfg.stac.bbox == [15.0, 47.5, 15.5, 48.0]
     assert cfg.stac.datetime == "2023-01-01/.." and cfg.train.tracking == ["tensorboard", "mlflow"]
     assert load_config(None, ["stac.datetime=2023-05-01"]).stac.datetime == "2023-05-01"  # YAML: a date
@@ -106,6 +107,7 @@ def test_datetime_intervals():
     ("stac.datetime=2023-13-01", ["stac.datetime", "'2023-13-01'", "RFC 3339"]),
     ("stac.datetime=2024-01-01/2023-01-01", ["stac.datetime", "START/END"]),
     ("s3.anonymous=yes please", ["s3.anonymous", "true or false"]),
+    ("s3.max_attempts=0", ["s3.max_attempts", ">= 1"]),
     ("train.tracking=[wandb]", ["train.tracking[0]", "'wandb'", "'tensorboard'"]),
     ("train.tracking=[mlflow, mlflow]", ["train.tracking", "at most once"]),
 ])

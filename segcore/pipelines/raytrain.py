@@ -110,7 +110,9 @@ def _storage(run_dir: str, cfg: Config) -> dict[str, Any]:
         return {"storage_path": str(Path(run_dir).resolve())}
     import pyarrow.fs
 
-    kwargs: dict[str, Any] = {"endpoint_override": cfg.s3.endpoint_url} if cfg.s3.endpoint_url else {}
+    kwargs: dict[str, Any] = {"retry_strategy": pyarrow.fs.AwsStandardS3RetryStrategy(cfg.s3.max_attempts)}
+    if cfg.s3.endpoint_url:
+        kwargs["endpoint_override"] = cfg.s3.endpoint_url
     if cfg.s3.endpoint_url and cfg.s3.endpoint_url.startswith("http://"):
         kwargs["scheme"] = "http"
     if cfg.s3.region:

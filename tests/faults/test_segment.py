@@ -183,13 +183,14 @@ def _block_on_s3(server, bucket: str) -> bool:
     return any(entry["Key"].endswith(".npz") for entry in listing.get("Contents", []))
 
 
-def _s3_run(server, bucket: str, checkpoint: str, endpoint: str, outage) -> tuple[threading.Thread, dict]:
+def _s3_run(server, bucket: str, checkpoint: str, endpoint: str, outage, *settings: str
+            ) -> tuple[threading.Thread, dict]:
     """Segment s3://BUCKET/in/good.tif into s3://BUCKET/out through `endpoint`, as on a cluster, in a thread, and
     call `outage()` the moment its one block file is on S3. The mosaic's assembly, which reads that file and
     uploads every output, still needs S3 then; probability and polygon outputs give it more to do first.
     (They do not change the mask.)"""
     overrides = (*ONE_BLOCK, f"s3.endpoint_url={endpoint}", "segment.write_probability=true",
-                 "segment.write_polygons=true")
+                 "segment.write_polygons=true", *settings)
     with contextlib.redirect_stderr(io.StringIO()):
         plan = plan_segment([f"s3://{bucket}/in/good.tif"], checkpoint, f"s3://{bucket}/out", seg_config(*overrides))
     thread, result = run_in_thread(plan)
@@ -229,12 +230,14 @@ def test_s3_endpoint_down_for_3_s_mid_run_is_retried_and_the_run_finishes(good, 
 
 def test_s3_server_stopped_mid_run_fails_the_input_cleanly_and_a_rerun_after_restart_completes(
         good, one_block_reference, checkpoint, ray_local):
-    """The moto server is killed and stays down past the retries (~35 s for one request): the input fails in
-    one line and publishes nothing; the server restarts empty, the input is uploaded again, a rerun completes."""
+    """The moto server is killed and stays down past the retries (one try per request here, s3fs's own five
+    remain): the input fails in one line and publishes nothing; the server restarts empty, the input is uploaded
+    again, a rerun completes."""
     server = servers.MotoServer().start()
     try:
         servers.upload(server.client(), "faults-outage", {"in/good.tif": good})
-        thread, result = _s3_run(server, "faults-outage", checkpoint, server.endpoint, server.stop)
+        thread, result = _s3_run(server, "faults-outage", checkpoint, server.endpoint, server.stop,
+                                 "s3.max_attempts=1")
         thread.join(timeout=600)
         # The input fails in one line; then the run's summary.json cannot be written either (the store is gone).
         (error,) = error_lines(result["err"])
