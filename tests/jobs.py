@@ -29,6 +29,11 @@ def job_env(ray_tmp: Path | None, *, ray_address: str | None = None, **extra: st
     return env
 
 
+def joining(ray, **extra: str) -> dict:
+    """The environment of a job subprocess that joins the session's Ray (the `ray_local` fixture)."""
+    return job_env(None, ray_address=ray.get_runtime_context().gcs_address, **extra)
+
+
 def job(name: str, *args: str) -> list[str]:
     return [sys.executable, str(REPO / "jobs" / f"{name}.py"), *[str(a) for a in args]]
 

@@ -45,8 +45,7 @@ def test_the_readme_sequence_runs_as_written(ray_local, tmp_path):
     outputs = []
     for command in commands:
         # The jobs join the session's Ray (RAY_ADDRESS), as they would join a running cluster.
-        env = jobs.job_env(None, ray_address=ray_local.get_runtime_context().gcs_address)
-        result = jobs.run_job_command(runnable(command), cwd=tmp_path, env=env, timeout=600)
+        result = jobs.run_job_command(runnable(command), cwd=tmp_path, env=jobs.joining(ray_local), timeout=600)
         assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-3000:])
         outputs.append(result.stdout)
     with open(tmp_path / "runs" / "dev" / "metrics.csv") as handle:  # trained 1 epoch, resumed to 2

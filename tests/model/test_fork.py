@@ -147,12 +147,12 @@ def read_mask(path: Path) -> np.ndarray:
         return src.read(1)
 
 
-def test_segment_cli_with_the_forks_training_state_gives_the_forks_mask(fork_run, scene, tmp_path):
+def test_segment_cli_with_the_forks_training_state_gives_the_forks_mask(fork_run, scene, ray_local, tmp_path):
     args = ["--config", REPO / "configs" / "segment.yaml", "--input", scene, "--checkpoint", fork_run.best,
             "--output", tmp_path / "out"]
     for item in SEGMENT:
         args += ["--set", item]
-    result = jobs.run_job("segment", *args, env=jobs.job_env(jobs.short_tmp("fork")), timeout=300)
+    result = jobs.run_job("segment", *args, env=jobs.joining(ray_local), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert np.array_equal(read_mask(tmp_path / "out" / "image" / "mask.tif"), forks_mask(fork_run.model, scene))
 
@@ -200,10 +200,10 @@ def test_evaluate_with_each_fork_file_gives_the_forks_counts(fork_run, patches, 
         assert metrics["threshold"] == 0.45 and metrics["samples"] == 3
 
 
-def test_evaluate_cli_with_the_forks_training_state(fork_run, patches, tmp_path):
+def test_evaluate_cli_with_the_forks_training_state(fork_run, patches, ray_local, tmp_path):
     expected, objects = forks_counts(fork_run.model, patches, "val")
     result = jobs.run_job("evaluate", "--checkpoint", fork_run.best, "--data", patches, "--split", "val",
-                        "--output", tmp_path / "metrics.json", env=jobs.job_env(jobs.short_tmp("fev")), timeout=300)
+                        "--output", tmp_path / "metrics.json", env=jobs.joining(ray_local), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert (metrics["tp"], metrics["fp"], metrics["fn"], metrics["tn"]) == (expected.tp, expected.fp, expected.fn,
