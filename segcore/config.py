@@ -132,6 +132,8 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast applies on GPU only
     channels_last: bool = True  # GPU only
     max_failures: int = 2  # worker failures Ray Train recovers from (from the last checkpoint)
+    # The workers' collective backend: auto is NCCL with use_gpu, else gloo (which also runs on GPUs).
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
     # Fine-tuning: start from this checkpoint's weights (segcore or fork; local or s3://), with a fresh
     # optimizer and schedule. init_parts picks what it initialises; the rest starts fresh (e.g. [encoder]
     # keeps a backbone and trains a decoder of another width). --resume continues a run instead.
@@ -266,6 +268,16 @@ class S3Config:
 
 
 @dataclass
+class StorageConfig:
+    """Where a job's files may live when its Ray cluster has several nodes."""
+
+    # Local paths (inputs, outputs, datasets, run directories) are on a file system every node mounts at the
+    # same path (NFS, EFS, Lustre). Without it a cluster of several nodes takes s3:// paths only: work on
+    # another node would read what is not there and write where the driver never looks.
+    shared_fs: bool = False
+
+
+@dataclass
 class HTTPConfig:
     """How http(s):// inputs are read: GDAL range requests for rasters, plain GETs for STAC JSON."""
 
@@ -340,6 +352,7 @@ class Config:
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     polygons: PolygonConfig = field(default_factory=PolygonConfig)
     s3: S3Config = field(default_factory=S3Config)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     http: HTTPConfig = field(default_factory=HTTPConfig)
     stac: StacConfig = field(default_factory=StacConfig)
 

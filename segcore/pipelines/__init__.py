@@ -3,11 +3,28 @@
 - `prepare`: a Ray task per mosaic cuts patches.   - `train`, `evaluate`: Ray Train / Ray Data on patches.
 - `segment`: a Ray Data stream of blocks (`blocks`: its CPU stages) and an assembly task per mosaic.
 """
+from collections.abc import Iterable
+
 import ray
 
+from segcore.config import ConfigError, StorageConfig
+from segcore.storage import is_http, is_s3
 
-def init_ray() -> None:
+
+def init_ray(storage: StorageConfig, paths: Iterable[tuple[str, str]]) -> None:
     """Join the running cluster (under `ray job submit`, or with RAY_ADDRESS) or start a local Ray, unless the
-    caller already did. The pipelines call it once their inputs are checked: bad input costs no Ray start."""
+    caller already did. The pipelines call it once their inputs are checked: bad input costs no Ray start.
+
+    On a cluster of several nodes, each local path of `paths` ((what it is, path) pairs) is refused unless
+    `storage.shared_fs` declares local paths shared: the work on other nodes could not see it.
+    """
     if not ray.is_initialized():
         ray.init()
+    nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    if nodes < 2 or storage.shared_fs:
+        return
+    for what, path in paths:
+        if path and not is_s3(path) and not is_http(path):
+            raise ConfigError(f"{what} {path} is a local path, but this Ray cluster has {nodes} nodes that do not "
+                              "share this machine's disk: use an s3:// path, or set storage.shared_fs=true if every "
+                              "node mounts it at the same path")

@@ -70,7 +70,7 @@ def run_evaluation(cfg: Config, checkpoint: str, data_root: str, split: str = "t
     cfg.train.threshold = next(value for value in (threshold, loaded.threshold, cfg.train.threshold)
                                if value is not None)
     pairs, size = check_split(data_root, split, cfg)
-    init_ray()
+    init_ray(cfg.storage, [("--checkpoint", checkpoint), ("--data", data_root)])
     t = cfg.train
     print(f"evaluating {checkpoint} ({loaded.checkpoint.describe()}) on {len(pairs)} {split} patches of "
           f"{size}x{size} at threshold {t.threshold:g}", flush=True)

@@ -332,8 +332,9 @@ def _wait_for_the_others(refs: list) -> None:
 
 def run_plan(plan: DatasetPlan) -> PrepareSummary:
     """Run a checked plan on the already initialised Ray and publish the dataset all at once."""
-    init_ray()
     output, cfg = plan.output, plan.cfg
+    init_ray(cfg.storage, [("--output", output), *(("image", job.image) for job in plan.jobs),
+                           *(("labels", job.label) for job in plan.jobs)])
     fs = filesystem(output, cfg.s3)
     if is_s3(output) and plan.overwrite and fs.exists(output):
         fs.rm(output, recursive=True)

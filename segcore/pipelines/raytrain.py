@@ -97,8 +97,15 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def worker_setup(cfg: Config) -> torch.device:
-    """The worker's device; CPU workers use as many torch threads as the CPUs they were given."""
+    """The worker's device; CPU workers use as many torch threads as the CPUs they were given.
+
+    A worker given a GPU that torch cannot see (no CUDA build or driver; a node that declares GPUs it lacks,
+    as the simulated cluster of the tests does) trains on the CPU, and says so."""
     device = ray.train.torch.get_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"warning: worker {ray.train.get_context().get_world_rank()} was given a GPU, but torch sees no CUDA "
+              "device: training on the CPU", flush=True)
+        device = torch.device("cpu")
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     return device
@@ -130,5 +137,5 @@ def make_trainer(loop: Callable[[dict], None], loop_config: dict, cfg: Config, d
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=name, failure_config=FailureConfig(max_failures=t.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=1), **_storage(storage, cfg)),
-        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend=t.backend if t.backend != "auto" else "nccl" if t.use_gpu else "gloo"),
         datasets=datasets, dataset_config=ExactEvalSplit())

@@ -367,8 +367,11 @@ def _outputs(job: InputJob, run: dict | None = None) -> MosaicOutputs:
 
 def run_segment(plan: SegmentPlan) -> dict:
     """Segment every planned input (on the running Ray, else a local one); writes OUT/summary.json, returns it."""
-    init_ray()
     cfg = plan.cfg
+    jobs = [job for job in plan.jobs if not job.error]
+    init_ray(cfg.storage, [("--output", plan.output), ("--checkpoint", plan.checkpoint),
+                           *(("input", job.path) for job in jobs),
+                           *(("labels", job.labels or "") for job in jobs)])
     pending = {n: len(job.todo) for n, job in enumerate(plan.jobs) if not job.error}
     log = RunLog({n: MosaicRun(job.key, len(job.blocks), len(job.todo)) for n, job in enumerate(plan.jobs)},
                  plan.started_at)

@@ -66,7 +66,11 @@ def _restore(resume_from: str | None, cfg: Config) -> Checkpoint | None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            return read_checkpoint(os.path.join(directory, STATE_FILE)).checkpoint
+            state = read_checkpoint(os.path.join(directory, STATE_FILE)).checkpoint
+        if state is not None and state.training and ray.train.get_context().get_world_rank() == 0:
+            print("restarted after a worker failure: continuing from the checkpoint of epoch "
+                  f"{len(state.training.progress['history'])}", flush=True)
+        return state
     return read_checkpoint(resume_from, cfg.s3).checkpoint if resume_from else None
 
 
@@ -96,7 +100,7 @@ def _train_loop(config: dict) -> None:
         hooks.on_start(model, rank)
     if t.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(model, move_to_device=device)
     loss_fn = build_loss(t.loss, t.loss_weight)
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t)
@@ -246,7 +250,8 @@ def run_training(cfg: Config, resume: str | None = None, hooks: TrainHooks | Non
         pairs["test"] = check_split(t.data_root, "test", cfg, t.tile_size)[0]
     if len(pairs["train"]) < t.num_workers:
         raise InputError(f"{t.data_root}: {len(pairs['train'])} training patches for {t.num_workers} workers")
-    init_ray()
+    init_ray(cfg.storage, [("train.data_root", t.data_root), ("train.run_dir", t.run_dir),
+                           ("train.init_from", t.init_from)])
     if init:
         print(init[1], flush=True)
     datasets = {split: patch_dataset(p, cfg, augment=(split == "train")) for split, p in pairs.items()}
