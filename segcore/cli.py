@@ -30,11 +30,19 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def run_main(main: Callable[[], int | None]) -> NoReturn:
-    """Run `main` and exit with its code; an InputError becomes `error: <message>` on stderr and exit 2."""
+    """Run `main` and exit with its code; an InputError, or an S3 endpoint that cannot be reached, becomes
+    `error: <message>` on stderr and exit 2."""
     try:
         code = main()
     except InputError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:
+        # s3fs passes botocore's connection and endpoint errors through unwrapped; their words name the URL.
+        if not type(exc).__module__.startswith("botocore"):
+            raise
+        print(f"error: S3: {' '.join(str(exc).split())} (check s3.endpoint_url, s3.region and the network)",
+              file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
 

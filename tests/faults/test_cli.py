@@ -9,6 +9,7 @@ import pytest
 from tests import inputs as fi
 from tests import jobs
 from tests.conftest import write_geotiff
+from tests.servers import free_port
 
 CLI_CASES = {
     "train: YAML with an unknown key": (
@@ -46,3 +47,18 @@ def test_cli_bad_input_exits_2_with_one_line_before_ray_starts(case, tmp_path):
     assert len(lines) == 1 and lines[0].startswith(start.format(t=tmp_path)), result.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "ray").exists()  # Ray never started
 
+
+
+def test_an_s3_endpoint_that_cannot_be_reached_is_one_line(tmp_path):
+    """Nothing listens on the endpoint: botocore's EndpointConnectionError, after one try per request."""
+    env = jobs.job_env(tmp_path / "ray", AWS_ACCESS_KEY_ID="segcore-test-key-id",
+                       AWS_SECRET_ACCESS_KEY="segcore-test-secret-value")
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    result = jobs.run_job("train", "--set", "train.data_root=s3://nowhere/patches", "--set",
+                          f"train.run_dir={tmp_path / 'run'}", "--set", f"s3.endpoint_url={endpoint}", "--set",
+                          "s3.max_attempts=1", env=env, timeout=180)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f'error: S3: Could not connect to the endpoint URL: "{endpoint}/nowhere') and \
+        line.endswith("(check s3.endpoint_url, s3.region and the network)"), line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ray").exists()
