@@ -147,6 +147,8 @@ def placed_segment(sim, scene, tmp_path_factory):
     node's): its mask and where Ray placed its work."""
     out, log, since = tmp_path_factory.mktemp("placed") / "out", tmp_path_factory.mktemp("log") / "log", time.time()
     finish(start_job(sim, "segment", *segment_args(scene, str(out), "storage.shared_fs=true"), log=log), log)
+    # Workers report task events to the GCS every second or so: the assembly's may still be on its way.
+    assert wait_for(lambda: task_nodes(sim, "assemble_mosaic"), timeout=30, every=0.5)
     return SimpleNamespace(mask=(out / "city" / "mask.tif").read_bytes(), actors=actors(sim, since),
                            assembly=task_nodes(sim, "assemble_mosaic"))
 
