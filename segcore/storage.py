@@ -36,6 +36,11 @@ def is_http(path: str) -> bool:
     return str(path).startswith(("http://", "https://"))
 
 
+def is_remote(path: str) -> bool:
+    """s3:// or http(s)://: a path every node of a cluster reaches alike."""
+    return is_s3(path) or is_http(path)
+
+
 def display_url(url: str) -> str:
     """A URL for messages: its query string, which may hold a signature or a token, left out."""
     parts = urlsplit(url)
@@ -75,11 +80,11 @@ def filesystem(path: str, s3: S3Config | None = None, http: HTTPConfig | None = 
 
 def absolute(path: str) -> str:
     """`path` as Ray workers and relative links need it: a local path made absolute; s3:// and http(s):// as is."""
-    return path if is_s3(path) or is_http(path) else os.path.abspath(path)
+    return path if is_remote(path) else os.path.abspath(path)
 
 
 def join(base: str, *parts: str) -> str:
-    if is_s3(base) or is_http(base):
+    if is_remote(base):
         return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
     return str(Path(base, *parts))
 

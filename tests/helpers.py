@@ -62,6 +62,12 @@ def block_files(out: Path, key: str) -> list[Path]:
     return sorted((out / ".work").glob(f"{key}-*/block_*.npz"))
 
 
+def s3_block_count(client, bucket: str, output: str) -> int:
+    """Finished block files of a segment run whose output is s3://BUCKET/OUTPUT, asked of S3 directly."""
+    listing = client.list_objects_v2(Bucket=bucket, Prefix=f"{output}/.work/")
+    return sum(entry["Key"].endswith(".npz") for entry in listing.get("Contents", []))
+
+
 def wait_for(condition, timeout: float = 300, every: float = 0.02) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import ray
 
 from segcore.config import ConfigError, StorageConfig
-from segcore.storage import is_http, is_s3
+from segcore.storage import is_remote
 
 
 def init_ray(storage: StorageConfig, paths: Iterable[tuple[str, str]]) -> None:
@@ -20,11 +20,13 @@ def init_ray(storage: StorageConfig, paths: Iterable[tuple[str, str]]) -> None:
     """
     if not ray.is_initialized():
         ray.init()
+    if storage.shared_fs:
+        return
     nodes = sum(1 for node in ray.nodes() if node["Alive"])
-    if nodes < 2 or storage.shared_fs:
+    if nodes < 2:
         return
     for what, path in paths:
-        if path and not is_s3(path) and not is_http(path):
+        if path and not is_remote(path):
             raise ConfigError(f"{what} {path} is a local path, but this Ray cluster has {nodes} nodes that do not "
                               "share this machine's disk: use an s3:// path, or set storage.shared_fs=true if every "
                               "node mounts it at the same path")

@@ -120,8 +120,8 @@ def _storage(run_dir: str, cfg: Config) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"retry_strategy": pyarrow.fs.AwsStandardS3RetryStrategy(cfg.s3.max_attempts)}
     if cfg.s3.endpoint_url:
         kwargs["endpoint_override"] = cfg.s3.endpoint_url
-    if cfg.s3.endpoint_url and cfg.s3.endpoint_url.startswith("http://"):
-        kwargs["scheme"] = "http"
+        if cfg.s3.endpoint_url.startswith("http://"):
+            kwargs["scheme"] = "http"
     if cfg.s3.region:
         kwargs["region"] = cfg.s3.region
     return {"storage_path": run_dir[len("s3://"):], "storage_filesystem": pyarrow.fs.S3FileSystem(**kwargs)}

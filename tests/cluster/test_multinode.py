@@ -17,7 +17,7 @@ import pytest
 from tests import jobs
 from tests.conftest import REPO
 from tests.faults.common import SEG
-from tests.helpers import TILE, wait_for
+from tests.helpers import TILE, s3_block_count, wait_for
 from tests.inputs import write_patch_set
 
 pytestmark = pytest.mark.cluster
@@ -47,9 +47,9 @@ def sim():
         gpus = [gpu_node(cluster, "gpu_a"), gpu_node(cluster, "gpu_b")]
         cpu = cluster.add_node(num_cpus=1, resources={"cpu_node": 1}, object_store_memory=STORE)
         cluster.wait_for_nodes()
-        env = jobs.job_env(None, ray_address=cluster.address)
+        env = jobs.job_env(None, ray_address=cluster.address,
+                           **{k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
         env.pop("RAY_AUTH_MODE")  # this cluster runs without token authentication
-        env.update({k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
         yield SimpleNamespace(cluster=cluster, env=env, head=cluster.head_node.node_id, gpus=gpus, cpu=cpu)
     finally:
         cluster.shutdown()
@@ -166,7 +166,8 @@ def test_a_gpu_node_lost_mid_segment_and_one_added_give_the_same_mask(sim, scene
     log = tmp_path / "log"
     proc = start_job(sim, "segment", *segment_args(scene, "s3://multinode/lost"), log=log)
     try:
-        assert wait_for(lambda: block_count(scene, "lost/") >= 3 or proc.poll() is not None, timeout=300)
+        assert wait_for(lambda: s3_block_count(scene.client, "multinode", "lost") >= 3 or proc.poll() is not None,
+                        timeout=300)
         assert proc.poll() is None, log.read_text()[-3000:]
         lost = sim.gpus.pop(0)
         sim.cluster.remove_node(lost)
@@ -203,11 +204,6 @@ def test_training_spreads_over_the_gpu_nodes_and_survives_losing_one(sim, scene,
 def registered(scene, prefix: str) -> bool:
     listing = scene.client.list_objects_v2(Bucket="multinode", Prefix=prefix)
     return any(entry["Key"].endswith("/checkpoint_manager_snapshot.json") for entry in listing.get("Contents", []))
-
-
-def block_count(scene, prefix: str) -> int:
-    listing = scene.client.list_objects_v2(Bucket="multinode", Prefix=f"{prefix}.work/")
-    return sum(entry["Key"].endswith(".npz") for entry in listing.get("Contents", []))
 
 
 def driver_nodes(sim, since: float) -> set[str]:

@@ -22,7 +22,17 @@ from tests import inputs as fi
 from tests import servers
 from tests.conftest import write_geotiff
 from tests.faults.common import GOOD_BLOCKS, ONE_BLOCK, seg_config, segment
-from tests.helpers import block_files, by_name, error_lines, one_line_error, read_band, run_in_thread, tree, wait_for
+from tests.helpers import (
+    block_files,
+    by_name,
+    error_lines,
+    one_line_error,
+    read_band,
+    run_in_thread,
+    s3_block_count,
+    tree,
+    wait_for,
+)
 
 SEGMENT_BAD = {
     "empty.tif": "not a readable raster",
@@ -177,12 +187,6 @@ def test_segment_job_killed_with_sigkill_resumes_from_its_blocks_with_identical_
                                               "supported file format.)"]
 
 
-def _block_on_s3(server, bucket: str) -> bool:
-    """Whether the run's block file is in the bucket (asked of moto directly, not through any proxy)."""
-    listing = server.client().list_objects_v2(Bucket=bucket, Prefix="out/.work/")
-    return any(entry["Key"].endswith(".npz") for entry in listing.get("Contents", []))
-
-
 def _s3_run(server, bucket: str, checkpoint: str, endpoint: str, outage, *settings: str
             ) -> tuple[threading.Thread, dict]:
     """Segment s3://BUCKET/in/good.tif into s3://BUCKET/out through `endpoint`, as on a cluster, in a thread, and
@@ -194,7 +198,7 @@ def _s3_run(server, bucket: str, checkpoint: str, endpoint: str, outage, *settin
     with contextlib.redirect_stderr(io.StringIO()):
         plan = plan_segment([f"s3://{bucket}/in/good.tif"], checkpoint, f"s3://{bucket}/out", seg_config(*overrides))
     thread, result = run_in_thread(plan)
-    assert wait_for(lambda: _block_on_s3(server, bucket) or not thread.is_alive(), every=0.002)
+    assert wait_for(lambda: s3_block_count(server.client(), bucket, "out") > 0 or not thread.is_alive(), every=0.002)
     outage()
     assert thread.is_alive(), result  # mid-run: the block is done, the assembly is still to come
     return thread, result
