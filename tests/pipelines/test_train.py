@@ -3,6 +3,7 @@ import csv
 import functools
 import json
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -27,43 +28,69 @@ def read_history(run_dir):
         return list(csv.DictReader(handle))
 
 
-def test_two_workers_train_write_outputs_resume_and_evaluate_alike(ray_local, patch_root, tmp_path):
-    from segcore.pipelines.evaluate import run_evaluation
+@pytest.fixture(scope="module")
+def trained(ray_local, patch_root, tmp_path_factory) -> Path:
+    """The run directory of 2 workers x 2 epochs (the other tests copy it before changing it)."""
     from segcore.pipelines.train import run_training
 
-    run_dir = tmp_path / "run"
-    cfg = small_config(patch_root, run_dir, "train.epochs=2")
-    metrics = run_training(cfg)
-    assert metrics["epoch"] == 2
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    assert run_training(small_config(patch_root, run_dir, "train.epochs=2"))["epoch"] == 2
+    return run_dir
+
+
+def test_two_workers_write_every_output(trained):
     for name in ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.csv", "training_curves.png", "roc_pr.png",
                  "test_metrics.json"):
-        assert (run_dir / name).stat().st_size > 0, name
-    history = read_history(run_dir)
+        assert (trained / name).stat().st_size > 0, name
+    history = read_history(trained)
     assert [int(r["epoch"]) for r in history] == [1, 2]
     for key in ("train_loss", "val_loss", "val_iou", "val_f1", "val_precision", "val_recall", "val_accuracy",
                 "lr", "epoch_seconds", "samples_per_s"):
         assert np.isfinite(float(history[0][key])), key
-    best = read_checkpoint(str(run_dir / "checkpoints" / "best.pt")).checkpoint  # weights_only=True inside
+    best = read_checkpoint(str(trained / "checkpoints" / "best.pt")).checkpoint  # weights_only=True inside
     assert best.threshold == 0.45 and 0 < best.best_f1_threshold <= 1 and best.tile_size == TILE
     assert best.model.backbone == "resnet18" and best.input.bands == [1, 2, 3]
-    test_metrics = json.loads((run_dir / "test_metrics.json").read_text())
+    last = read_checkpoint(str(trained / "checkpoints" / "last.pt")).checkpoint
+    assert last.training.optimizer["state"], "optimizer state is saved for resume"
+    test_metrics = json.loads((trained / "test_metrics.json").read_text())
     assert test_metrics["samples"] == 8 and 0 <= test_metrics["iou"] <= 1
 
-    # Resume continues at epoch 3 with optimizer, scheduler and history restored.
-    resumed = run_training(small_config(patch_root, run_dir, "train.epochs=3"), resume=str(run_dir))
-    assert resumed["epoch"] == 3
+
+def kill_rank_1_once(marker: str, at_epoch: int, epoch: int, batch: int, rank: int) -> None:
+    """A TrainHooks.on_batch: worker rank 1 exits abruptly after batch 1 of `at_epoch`, the first time only."""
+    if (epoch, batch, rank) == (at_epoch, 1, 1) and not Path(marker).exists():
+        Path(marker).write_text(f"worker {rank} killed at epoch {epoch}\n")
+        os._exit(1)
+
+
+def test_resume_continues_the_run_and_a_killed_worker_is_restored_from_the_last_checkpoint(
+        trained, patch_root, tmp_path, capfd):
+    """Resumed to 4 epochs; a worker dies in epoch 4, after Ray holds epoch 3's checkpoint of this run, and
+    the restarted workers continue from it (optimizer, scheduler and history restored)."""
+    from segcore.pipelines.train import run_training
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    cfg = small_config(patch_root, run_dir, "train.epochs=4", "train.max_failures=2")
+    hooks = TrainHooks(on_batch=functools.partial(kill_rank_1_once, str(tmp_path / "fault_injected"), 4))
+    resumed = run_training(cfg, resume=str(run_dir), hooks=hooks)
+    assert (tmp_path / "fault_injected").exists(), "the fault hook did not fire"
+    assert resumed["epoch"] == 4
+    assert "restarted after a worker failure: continuing from the checkpoint of epoch 3" in capfd.readouterr().out
     history = read_history(run_dir)
-    assert [int(r["epoch"]) for r in history] == [1, 2, 3]
-    last = read_checkpoint(str(run_dir / "checkpoints" / "last.pt")).checkpoint
-    assert last.training.optimizer["state"], "optimizer state is saved for resume"
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3, 4]
     losses = [float(r["train_loss"]) for r in history]
     assert losses[-1] < losses[0], f"training did not lower the loss: {losses}"
 
-    # Validation figures are sums of confusion counts over workers: 1 and 2 workers agree exactly.
+
+def test_validation_figures_of_one_and_two_workers_agree_exactly(trained, patch_root, tmp_path):
+    """Sums of confusion counts over workers: every patch is scored once, whatever the worker count."""
+    from segcore.pipelines.evaluate import run_evaluation
+
     one = run_evaluation(small_config(patch_root, tmp_path / "e1", "train.num_workers=1"),
-                         str(run_dir / "checkpoints" / "best.pt"), str(patch_root), "val")
+                         str(trained / "checkpoints" / "best.pt"), str(patch_root), "val")
     two = run_evaluation(small_config(patch_root, tmp_path / "e2", "train.num_workers=2"),
-                         str(run_dir / "checkpoints" / "best.pt"), str(patch_root), "val")
+                         str(trained / "checkpoints" / "best.pt"), str(patch_root), "val")
     assert one["samples"] == two["samples"] == 8
     assert (one["tp"], one["fp"], one["fn"], one["tn"]) == (two["tp"], two["fp"], two["fn"], two["tn"])
     assert one["tp"] + one["fp"] + one["fn"] + one["tn"] == 8 * TILE * TILE
@@ -76,25 +103,6 @@ def test_refuses_to_overwrite_a_run_without_resume(patch_root, tmp_path):
     torch.save({}, tmp_path / "run" / "checkpoints" / "last.pt")
     with pytest.raises(InputError, match="--resume"):
         run_training(small_config(patch_root, tmp_path / "run"))
-
-
-def kill_rank_1_once(marker: str, at_epoch: int, epoch: int, batch: int, rank: int) -> None:
-    """A TrainHooks.on_batch: worker rank 1 exits abruptly after batch 1 of `at_epoch`, the first time only."""
-    if (epoch, batch, rank) == (at_epoch, 1, 1) and not Path(marker).exists():
-        Path(marker).write_text(f"worker {rank} killed at epoch {epoch}\n")
-        os._exit(1)
-
-
-def test_killed_worker_is_restored_from_the_last_checkpoint(ray_local, patch_root, tmp_path):
-    from segcore.pipelines.train import run_training
-
-    run_dir = tmp_path / "run"
-    cfg = small_config(patch_root, run_dir, "train.epochs=2", "train.max_failures=2")
-    hooks = TrainHooks(on_batch=functools.partial(kill_rank_1_once, str(run_dir / ".fault_injected"), 2))
-    metrics = run_training(cfg, hooks=hooks)
-    assert (run_dir / ".fault_injected").exists(), "the fault hook did not fire"
-    assert metrics["epoch"] == 2
-    assert [int(r["epoch"]) for r in read_history(run_dir)] == [1, 2]
 
 
 @pytest.mark.parametrize("breakage, words", [
