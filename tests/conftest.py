@@ -20,6 +20,7 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "segcore-test-secret-value")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 REPO = Path(__file__).resolve().parent.parent
 UTM_33N = "EPSG:32633"
@@ -113,6 +114,44 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     from tests.inputs import tiny_checkpoint as make
 
     return make(tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+@pytest.fixture(scope="session")
+def patch_set(tmp_path_factory) -> Path:
+    """A generated patch set (tests.inputs.write_patch_set: 24 train, 8 val, 8 test patches of 64 px)."""
+    from tests.inputs import write_patch_set
+
+    return write_patch_set(tmp_path_factory.mktemp("patches"))
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    run_dir: Path  # local; tests copy it before changing it
+    data_root: str  # the patch set on the loopback S3 server
+    endpoint: str
+    printed: str  # what the driver printed while training (Ray forwards the workers' lines to it)
+
+
+@pytest.fixture(scope="session")
+def trained_run(patch_set, ray_local, s3_server, tmp_path_factory) -> TrainedRun:
+    """One training run for every test that reads one: 2 workers x 2 epochs on `patch_set` read from S3 with
+    the session's credentials (the training tests check its outputs, the security tests search it)."""
+    import contextlib
+    import io
+
+    import boto3
+
+    from segcore.pipelines.train import run_training
+    from tests import servers
+    from tests.helpers import small_config
+
+    servers.upload(boto3.client("s3", endpoint_url=s3_server), "trained-run",
+                   {f"patches/{path.relative_to(patch_set).as_posix()}": path for path in patch_set.rglob("*.png")})
+    data_root, run_dir, printed = "s3://trained-run/patches", tmp_path_factory.mktemp("trained") / "run", io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        metrics = run_training(small_config(data_root, run_dir, "train.epochs=2", f"s3.endpoint_url={s3_server}"))
+    assert metrics["epoch"] == 2, printed.getvalue()[-3000:]
+    return TrainedRun(run_dir, data_root, s3_server, printed.getvalue())
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from segcore.pipelines.prepare import prepare_dataset
 from tests import jobs, servers
 from tests.conftest import REPO, write_geotiff
 from tests.faults.common import MARKER, prep_config
-from tests.helpers import by_name, manifest, small_config, tree
+from tests.helpers import by_name, manifest, tree
 
 
 def test_refused_s3_credentials_verified_with_a_plain_client(refusing_s3):
@@ -36,13 +36,11 @@ def test_no_secret_in_the_killed_and_resumed_jobs_logs_outputs_or_ray_logs(kille
 
 
 def test_no_secret_in_prepare_and_training_outputs_checkpoints_metrics_or_ray_logs(city, ray_local, s3_bucket,
-                                                                                     tmp_path, capsys):
-    """Prepare reads and writes S3, training reads the patches from S3 and writes checkpoints: none of the
-    credentials the workers used appears anywhere they or Ray wrote."""
+                                                                                     trained_run, capsys):
+    """Prepare reads and writes S3, the session's training run read its patches from S3 on two workers and
+    wrote checkpoints: none of the credentials the workers used appears anywhere they or Ray wrote."""
     import boto3
     import ray
-
-    from segcore.pipelines.train import run_training
 
     endpoint, bucket = s3_bucket
     secrets = [os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -52,17 +50,15 @@ def test_no_secret_in_prepare_and_training_outputs_checkpoints_metrics_or_ray_lo
     s3 = f"s3.endpoint_url={endpoint}"
     prepare_dataset([f"s3://{bucket}/in/city.tif"], [f"s3://{bucket}/in/city.geojson"], f"s3://{bucket}/ds",
                     load_config(None, ["prepare.tile_size=64", "prepare.split_block=128", s3]))
-    run_dir = tmp_path / "run"
-    run_training(small_config(f"s3://{bucket}/ds", run_dir, "train.epochs=1", "train.num_workers=1",
-                              "train.cpus_per_worker=1", s3))
-    assert (run_dir / "checkpoints" / "best.pt").exists() and (run_dir / "metrics.csv").exists()
-    texts = {f"s3://{bucket}/{key}": data for key, data in servers.s3_objects(client, bucket).items()}
+    texts = {f"s3://{name}/{key}": data for name in (bucket, "trained-run")
+             for key, data in servers.s3_objects(client, name).items()}
     session = Path(ray._private.worker._global_node.get_session_dir_path())
-    for path in jobs.files_under(run_dir, session / "logs"):
+    for path in jobs.files_under(trained_run.run_dir, session / "logs"):
         texts[str(path)] = path.read_bytes()
     captured = capsys.readouterr()
-    texts["stdout+stderr"] = (captured.out + captured.err).encode()
+    texts["stdout+stderr"] = (captured.out + captured.err + trained_run.printed).encode()
     assert any(name.endswith("best.pt") for name in texts) and any(name.endswith("manifest.csv") for name in texts)
+    assert any(b"epoch 2/2" in data for name, data in texts.items() if "/logs/" in name), "no training worker log"
     assert jobs.leaks(secrets, texts) == []
 
 

@@ -1,4 +1,4 @@
-"""Training on Ray Train with 2 CPU workers (gloo) on a small generated patch set."""
+"""Training on Ray Train with 2 CPU workers (gloo) on a small generated patch set (the session's `trained_run`)."""
 import csv
 import functools
 import json
@@ -18,27 +18,13 @@ from tests.helpers import TILE, small_config
 from tests.inputs import write_patch_set
 
 
-@pytest.fixture(scope="module")
-def patch_root(tmp_path_factory):
-    return write_patch_set(tmp_path_factory.mktemp("patches"))
-
-
 def read_history(run_dir):
     with open(run_dir / "metrics.csv") as handle:
         return list(csv.DictReader(handle))
 
 
-@pytest.fixture(scope="module")
-def trained(ray_local, patch_root, tmp_path_factory) -> Path:
-    """The run directory of 2 workers x 2 epochs (the other tests copy it before changing it)."""
-    from segcore.pipelines.train import run_training
-
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    assert run_training(small_config(patch_root, run_dir, "train.epochs=2"))["epoch"] == 2
-    return run_dir
-
-
-def test_two_workers_write_every_output(trained):
+def test_two_workers_write_every_output(trained_run):
+    trained = trained_run.run_dir
     for name in ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.csv", "training_curves.png", "roc_pr.png",
                  "test_metrics.json"):
         assert (trained / name).stat().st_size > 0, name
@@ -64,14 +50,15 @@ def kill_rank_1_once(marker: str, at_epoch: int, epoch: int, batch: int, rank: i
 
 
 def test_resume_continues_the_run_and_a_killed_worker_is_restored_from_the_last_checkpoint(
-        trained, patch_root, tmp_path, capfd):
+        trained_run, tmp_path, capfd):
     """Resumed to 4 epochs; a worker dies in epoch 4, after Ray holds epoch 3's checkpoint of this run, and
     the restarted workers continue from it (optimizer, scheduler and history restored)."""
     from segcore.pipelines.train import run_training
 
     run_dir = tmp_path / "run"
-    shutil.copytree(trained, run_dir)
-    cfg = small_config(patch_root, run_dir, "train.epochs=4", "train.max_failures=2")
+    shutil.copytree(trained_run.run_dir, run_dir)
+    cfg = small_config(trained_run.data_root, run_dir, "train.epochs=4", "train.max_failures=2",
+                       f"s3.endpoint_url={trained_run.endpoint}")
     hooks = TrainHooks(on_batch=functools.partial(kill_rank_1_once, str(tmp_path / "fault_injected"), 4))
     resumed = run_training(cfg, resume=str(run_dir), hooks=hooks)
     assert (tmp_path / "fault_injected").exists(), "the fault hook did not fire"
@@ -83,26 +70,25 @@ def test_resume_continues_the_run_and_a_killed_worker_is_restored_from_the_last_
     assert losses[-1] < losses[0], f"training did not lower the loss: {losses}"
 
 
-def test_validation_figures_of_one_and_two_workers_agree_exactly(trained, patch_root, tmp_path):
+def test_validation_figures_of_one_and_two_workers_agree_exactly(trained_run, patch_set, tmp_path):
     """Sums of confusion counts over workers: every patch is scored once, whatever the worker count."""
     from segcore.pipelines.evaluate import run_evaluation
 
-    one = run_evaluation(small_config(patch_root, tmp_path / "e1", "train.num_workers=1"),
-                         str(trained / "checkpoints" / "best.pt"), str(patch_root), "val")
-    two = run_evaluation(small_config(patch_root, tmp_path / "e2", "train.num_workers=2"),
-                         str(trained / "checkpoints" / "best.pt"), str(patch_root), "val")
+    best = str(trained_run.run_dir / "checkpoints" / "best.pt")
+    one = run_evaluation(small_config(patch_set, tmp_path / "e1", "train.num_workers=1"), best, str(patch_set), "val")
+    two = run_evaluation(small_config(patch_set, tmp_path / "e2", "train.num_workers=2"), best, str(patch_set), "val")
     assert one["samples"] == two["samples"] == 8
     assert (one["tp"], one["fp"], one["fn"], one["tn"]) == (two["tp"], two["fp"], two["fn"], two["tn"])
     assert one["tp"] + one["fp"] + one["fn"] + one["tn"] == 8 * TILE * TILE
 
 
-def test_refuses_to_overwrite_a_run_without_resume(patch_root, tmp_path):
+def test_refuses_to_overwrite_a_run_without_resume(patch_set, tmp_path):
     from segcore.pipelines.train import run_training
 
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     torch.save({}, tmp_path / "run" / "checkpoints" / "last.pt")
     with pytest.raises(InputError, match="--resume"):
-        run_training(small_config(patch_root, tmp_path / "run"))
+        run_training(small_config(patch_set, tmp_path / "run"))
 
 
 @pytest.mark.parametrize("breakage, words", [
