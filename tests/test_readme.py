@@ -28,12 +28,13 @@ def readme_commands() -> list[list[str]]:
 
 def runnable(command: list[str]) -> list[str]:
     """As a user in the checkout would run it, from another directory: the venv's Python, the repo's
-    jobs and configs, a 1024-pixel city, and training shortened to 1 epoch resumed to 2 (not 10 and 12)."""
+    jobs and configs, a 1024-pixel city, and training shortened to 1 epoch resumed to 2 (not 10 and 12), on
+    one worker (two-worker training is tests/pipelines/test_train.py's; the resume keeps the run's one)."""
     out = [sys.executable if word == ".venv/bin/python" else word for word in command]
     out = [str(REPO / word) if word.startswith(("jobs/", "configs/")) else word for word in out]
     out = [{"4096": "1024", "train.epochs=12": "train.epochs=2"}.get(word, word) for word in out]
     if "jobs/train.py" in command and "--resume" not in command:
-        out += ["--set", "train.epochs=1"]
+        out += ["--set", "train.epochs=1", "--set", "train.num_workers=1", "--set", "train.cpus_per_worker=1"]
     return out
 
 
