@@ -127,9 +127,13 @@ def patch_set(tmp_path_factory) -> Path:
 @dataclass(frozen=True)
 class TrainedRun:
     run_dir: Path  # local; tests copy it before changing it
-    data_root: str  # the patch set on the loopback S3 server
+    bucket: str  # on the loopback S3 server: the patch set under patches/
     endpoint: str
     printed: str  # what the driver printed while training (Ray forwards the workers' lines to it)
+
+    @property
+    def data_root(self) -> str:
+        return f"s3://{self.bucket}/patches"
 
 
 @pytest.fixture(scope="session")
@@ -145,13 +149,14 @@ def trained_run(patch_set, ray_local, s3_server, tmp_path_factory) -> TrainedRun
     from tests import servers
     from tests.helpers import small_config
 
-    servers.upload(boto3.client("s3", endpoint_url=s3_server), "trained-run",
+    bucket, run_dir, printed = "trained-run", tmp_path_factory.mktemp("trained") / "run", io.StringIO()
+    servers.upload(boto3.client("s3", endpoint_url=s3_server), bucket,
                    {f"patches/{path.relative_to(patch_set).as_posix()}": path for path in patch_set.rglob("*.png")})
-    data_root, run_dir, printed = "s3://trained-run/patches", tmp_path_factory.mktemp("trained") / "run", io.StringIO()
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-        metrics = run_training(small_config(data_root, run_dir, "train.epochs=2", f"s3.endpoint_url={s3_server}"))
+        metrics = run_training(small_config(f"s3://{bucket}/patches", run_dir, "train.epochs=2",
+                                            f"s3.endpoint_url={s3_server}"))
     assert metrics["epoch"] == 2, printed.getvalue()[-3000:]
-    return TrainedRun(run_dir, data_root, s3_server, printed.getvalue())
+    return TrainedRun(run_dir, bucket, s3_server, printed.getvalue())
 
 
 @pytest.fixture(scope="session")

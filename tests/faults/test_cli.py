@@ -48,7 +48,6 @@ def test_cli_bad_input_exits_2_with_one_line_before_ray_starts(case, tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "ray").exists()  # Ray never started
 
 
-
 def test_an_s3_endpoint_that_cannot_be_reached_is_one_line(tmp_path):
     """Nothing listens on the endpoint: botocore's EndpointConnectionError, after one try per request."""
     env = jobs.job_env(tmp_path / "ray", AWS_ACCESS_KEY_ID="segcore-test-key-id",

@@ -50,7 +50,7 @@ def test_no_secret_in_prepare_and_training_outputs_checkpoints_metrics_or_ray_lo
     s3 = f"s3.endpoint_url={endpoint}"
     prepare_dataset([f"s3://{bucket}/in/city.tif"], [f"s3://{bucket}/in/city.geojson"], f"s3://{bucket}/ds",
                     load_config(None, ["prepare.tile_size=64", "prepare.split_block=128", s3]))
-    texts = {f"s3://{name}/{key}": data for name in (bucket, "trained-run")
+    texts = {f"s3://{name}/{key}": data for name in (bucket, trained_run.bucket)
              for key, data in servers.s3_objects(client, name).items()}
     session = Path(ray._private.worker._global_node.get_session_dir_path())
     for path in jobs.files_under(trained_run.run_dir, session / "logs"):
