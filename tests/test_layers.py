@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,17 @@ def test_the_cpu_stages_of_the_pipelines_stay_torch_free():
             seen.add(current)
             assert not any(n == "torch" or n.startswith("torch.") for n in MODULES[current]), (module, current)
             todo += [name for name in segcore_imports(current)]
+
+
+def test_what_ray_trains_own_actors_unpickle_imports_no_torch(tmp_path):
+    """The trainer's controller and dataset actors unpickle its loop function and DataConfig, importing the
+    modules that define them: those come from train_entry, which starts without torch or the model."""
+    from segcore.config import load_config
+    from segcore.pipelines.raytrain import make_trainer
+
+    trainer = make_trainer({}, load_config(), {}, "layers", str(tmp_path))
+    assert {type(trainer.data_config).__module__, trainer.train_loop_per_worker.__module__} == \
+        {"segcore.pipelines.train_entry"}
+    code = ("import sys, segcore.pipelines.train_entry; "
+            "assert not {'torch', 'torchvision', 'segcore.model'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -1,5 +1,5 @@
-"""What training and evaluation share on Ray Train: patch datasets on Ray Data, the exact evaluation split,
-all-reduced statistics, run storage and the TorchTrainer itself.
+"""What training and evaluation share on Ray Train: patch datasets on Ray Data, all-reduced statistics, run
+storage and the TorchTrainer itself (its loop entry and dataset split are in `train_entry`).
 
 Driver side: `check_split` checks a split's patches (one clear line before any worker starts), `patch_dataset`
 builds a Ray Dataset of patch paths that a `PatchReader` decodes (and for training augments) in CPU tasks.
@@ -7,7 +7,6 @@ Worker side: `all_reduce` sums `EpochStats` over the workers, `unwrap` takes DDP
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,19 +15,14 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import (
-    CheckpointConfig,
-    DataConfig,
-    FailureConfig,
-    RunConfig,
-    ScalingConfig,
-)
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from segcore.config import Config
 from segcore.data.patches import PatchReader, list_pairs, patch_size
 from segcore.errors import InputError
 from segcore.model.refinenet import INPUT_SIZE_MULTIPLE
+from segcore.pipelines.train_entry import ExactEvalSplit, train_worker
 from segcore.storage import filesystem, is_s3
 from segcore.training import EpochStats
 
@@ -62,24 +56,6 @@ def patch_dataset(pairs: list[tuple[str, str]], cfg: Config, augment: bool) -> r
     items = [{"image": image, "label": label} for image, label in pairs]
     reader = PatchReader(cfg.s3, cfg.train.augment if augment else None)
     return ray.data.from_items(items).map_batches(reader, batch_size=PATCH_BATCH, batch_format="numpy")
-
-
-class ExactEvalSplit(DataConfig):
-    """Train is split equally (DDP steps stay in lock-step); val/test unequally, so no row is ever dropped
-    and metrics summed over workers equal metrics over the whole split, whatever the worker count."""
-
-    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        output = super().configure({"train": datasets["train"]} if "train" in datasets else {},
-                                   world_size, worker_handles, worker_node_ids, **kwargs)
-        for name, dataset in datasets.items():
-            if name == "train":
-                continue
-            dataset = dataset.copy(dataset)
-            dataset.set_name(name)
-            dataset.context.execution_options = self._resolve_execution_options(name)
-            for rank, split in enumerate(dataset.streaming_split(world_size, equal=False)):
-                output[rank][name] = split
-        return output
 
 
 def all_reduce(stats: EpochStats, device: torch.device) -> EpochStats:
@@ -127,13 +103,13 @@ def _storage(run_dir: str, cfg: Config) -> dict[str, Any]:
     return {"storage_path": run_dir[len("s3://"):], "storage_filesystem": pyarrow.fs.S3FileSystem(**kwargs)}
 
 
-def make_trainer(loop: Callable[[dict], None], loop_config: dict, cfg: Config, datasets: dict, name: str,
-                 storage: str) -> TorchTrainer:
-    """A TorchTrainer of cfg.train's workers (gloo on CPUs, NCCL on GPUs) keeping Ray's checkpoints in `storage`."""
+def make_trainer(loop_config: dict, cfg: Config, datasets: dict, name: str, storage: str) -> TorchTrainer:
+    """A TorchTrainer of cfg.train's workers (gloo on CPUs, NCCL on GPUs) running `train_loop(loop_config)`
+    and keeping Ray's checkpoints in `storage`."""
     t = cfg.train
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
     return TorchTrainer(
-        loop, train_loop_config=loop_config,
+        train_worker, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=name, failure_config=FailureConfig(max_failures=t.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=1), **_storage(storage, cfg)),

@@ -2,7 +2,7 @@
 
 Driver (`run_training`): check the run directory, the weights to start from (`--resume` or
 `train.init_from`) and the dataset, each failing in one line before any worker starts; then run a
-`TorchTrainer`. Workers (`_train_loop`): the Ray-free pieces of `segcore.training`, one epoch after the
+`TorchTrainer`. Workers (`train_loop`): the Ray-free pieces of `segcore.training`, one epoch after the
 other; rank 0 writes the run directory (`segcore.run_dir`) and hands Ray the full state, from which Ray
 restores the workers after a failure.
 """
@@ -83,7 +83,8 @@ def _epoch_row(epoch: int, train: EpochStats, val: EpochStats, lr: float, began:
             "samples_per_s": train.samples / max(train_seconds, 1e-9), "workers": world}
 
 
-def _train_loop(config: dict) -> None:
+def train_loop(config: dict) -> None:
+    """One worker's training (Ray Train runs it through `train_entry.train_worker`)."""
     cfg = config_from_dict(config["cfg"])
     t, hooks = cfg.train, config["hooks"] or TrainHooks()
     context = ray.train.get_context()
@@ -259,6 +260,6 @@ def run_training(cfg: Config, resume: str | None = None, hooks: TrainHooks | Non
           f"{'GPU' if t.use_gpu else 'CPU'} worker(s); run directory {t.run_dir}", flush=True)
     loop_config = {"cfg": cfg.to_dict(), "resume_from": run.last if resume else None, "hooks": hooks,
                    "init_weights": ray.put(init[0]) if init else None, "splits": sorted(pairs)}
-    trainer = make_trainer(_train_loop, loop_config, cfg, datasets, f"ray-train-{time.strftime('%Y%m%d-%H%M%S')}",
+    trainer = make_trainer(loop_config, cfg, datasets, f"ray-train-{time.strftime('%Y%m%d-%H%M%S')}",
                            t.run_dir)
     return dict(trainer.fit().metrics or {})
