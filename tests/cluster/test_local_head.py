@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import rasterio
@@ -307,12 +308,20 @@ class Head:
         for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):  # the scripts decide these
             self.env.pop(name, None)
 
-    def run(self, script: str, *args: str, timeout: float = 300) -> str:
-        """Run cluster/local/<script>; fails the test with the end of its output unless it exits 0."""
-        result = subprocess.run([str(LOCAL / script), *map(str, args)], cwd=REPO, env=self.env, timeout=timeout,
+    def start(self, script: str, *args: str) -> subprocess.Popen:
+        """Start cluster/local/<script>, its output (stdout and stderr) in a pipe."""
+        return subprocess.Popen([str(LOCAL / script), *map(str, args)], cwd=REPO, env=self.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert result.returncode == 0, f"{script} exited {result.returncode}:\n{result.stdout[-4000:]}"
-        return result.stdout
+
+    @staticmethod
+    def finish(script: str, proc: subprocess.Popen, timeout: float = 300) -> str:
+        """The output of a started script; fails the test with the end of it unless the script exits 0."""
+        output = proc.communicate(timeout=timeout)[0]
+        assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{output[-4000:]}"
+        return output
+
+    def run(self, script: str, *args: str, timeout: float = 300) -> str:
+        return self.finish(script, self.start(script, *args), timeout)
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +331,7 @@ def head():
     workers = free_port_range(100)
     local = Head(temp_dir, dashboard)
     try:
-        local.run("start.sh", "--num-cpus=2", "--object-store-memory=500000000", f"--port={gcs}",
+        local.run("start.sh", "--num-cpus=4", "--object-store-memory=500000000", f"--port={gcs}",
                   f"--ray-client-server-port={client}", f"--node-manager-port={node_manager}",
                   f"--object-manager-port={object_manager}", f"--dashboard-agent-grpc-port={agent_grpc}",
                   f"--metrics-export-port={metrics}",
@@ -346,39 +355,51 @@ def assert_succeeded(log: str) -> None:
     assert re.search(r"Job '\S+' succeeded", log), log[-4000:]
 
 
-@pytest.mark.cluster
-def test_a_segment_job_submitted_to_the_local_head_writes_the_mask(head, tmp_path):
-    city = synth_city(tmp_path / "city", 512)
+@pytest.fixture(scope="module")
+def submitted(head, patch_set, tmp_path_factory):
+    """A segment job and a one-epoch training job submitted to the head at once, as jobs share a cluster, and
+    followed to their ends through submit-segment.sh and submit-train.sh (wrappers of submit.sh, which the
+    README's prepare step calls). The head's 4 logical CPUs hold both jobs' actors and tasks side by side."""
+    root = tmp_path_factory.mktemp("submitted")
+    city = synth_city(root / "city", 512)
     torch.manual_seed(0)
     model_cfg = ModelConfig(backbone="resnet18", decoder_width=16)
-    checkpoint = tmp_path / "model.pt"
+    checkpoint = root / "model.pt"
     Checkpoint(model_cfg, InputConfig(), build_model(**dataclasses.asdict(model_cfg)).state_dict(),
                threshold=0.5).save(str(checkpoint))
-    out = tmp_path / "out"
-    log = head.run("submit-segment.sh", "--config", "configs/segment.yaml", "--input", city / "image.tif",
-                   "--checkpoint", checkpoint, "--output", out, "--labels", city / "labels.tif",
-                   "--set", "model.backbone=resnet18", "--set", "segment.tile_size=128", "--set", "segment.overlap=16",
-                   "--set", "segment.block_size=256", "--set", "segment.batch_size=8",
-                   "--set", "segment.cpus_per_actor=1", "--set", "segment.preview_size=256")
-    assert_succeeded(log)
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["ok"] == 1 and summary["failed"] == 0
-    (entry,) = summary["inputs"]
-    with rasterio.open(city / "image.tif") as src, rasterio.open(out / entry["key"] / "mask.tif") as mask:
-        assert (mask.width, mask.height, mask.crs, mask.transform) == (512, 512, src.crs, src.transform)
-    assert "iou" in json.loads((out / entry["key"] / "metrics.json").read_text())
+    out, run = root / "out", root / "run"
+    scripts = {
+        "submit-segment.sh": ("--config", "configs/segment.yaml", "--input", city / "image.tif",
+                              "--checkpoint", checkpoint, "--output", out, "--labels", city / "labels.tif",
+                              "--set", "model.backbone=resnet18", "--set", "segment.tile_size=128",
+                              "--set", "segment.overlap=16", "--set", "segment.block_size=256",
+                              "--set", "segment.batch_size=8", "--set", "segment.cpus_per_actor=1",
+                              "--set", "segment.preview_size=256"),
+        "submit-train.sh": ("--config", "configs/dev.yaml", "--set", f"train.data_root={patch_set}",
+                            "--set", f"train.run_dir={run}", "--set", "train.tile_size=64", "--set", "train.epochs=1",
+                            "--set", "train.batch_size=4", "--set", "train.cpus_per_worker=0.5",
+                            "--set", "model.decoder_width=16"),
+    }
+    procs = {script: head.start(script, *args) for script, args in scripts.items()}
+    logs = {script: head.finish(script, proc) for script, proc in procs.items()}
+    return SimpleNamespace(city=city, out=out, run=run, logs=logs)
 
 
 @pytest.mark.cluster
-def test_a_one_epoch_training_job_submitted_to_the_local_head_writes_the_run(head, patch_set, tmp_path):
-    """submit-train.sh (a wrapper of submit.sh, which the README's prepare step calls) on the session's
-    generated patch set."""
-    run = tmp_path / "run"
-    log = head.run("submit-train.sh", "--config", "configs/dev.yaml", "--set", f"train.data_root={patch_set}",
-                   "--set", f"train.run_dir={run}", "--set", "train.tile_size=64", "--set", "train.epochs=1",
-                   "--set", "train.batch_size=4", "--set", "train.cpus_per_worker=0.5",
-                   "--set", "model.decoder_width=16")
-    assert_succeeded(log)
-    assert (run / "checkpoints" / "best.pt").stat().st_size > 0
-    with open(run / "metrics.csv") as handle:
+def test_a_segment_job_submitted_to_the_local_head_writes_the_mask(submitted):
+    assert_succeeded(submitted.logs["submit-segment.sh"])
+    summary = json.loads((submitted.out / "summary.json").read_text())
+    assert summary["ok"] == 1 and summary["failed"] == 0
+    (entry,) = summary["inputs"]
+    with rasterio.open(submitted.city / "image.tif") as src, \
+            rasterio.open(submitted.out / entry["key"] / "mask.tif") as mask:
+        assert (mask.width, mask.height, mask.crs, mask.transform) == (512, 512, src.crs, src.transform)
+    assert "iou" in json.loads((submitted.out / entry["key"] / "metrics.json").read_text())
+
+
+@pytest.mark.cluster
+def test_a_one_epoch_training_job_submitted_to_the_local_head_writes_the_run(submitted):
+    assert_succeeded(submitted.logs["submit-train.sh"])
+    assert (submitted.run / "checkpoints" / "best.pt").stat().st_size > 0
+    with open(submitted.run / "metrics.csv") as handle:
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["1"]
