@@ -47,6 +47,22 @@ def run_job_command(command: list[str], *, cwd: Path = REPO, env: dict | None = 
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
 
+def run_side_by_side(commands: list[list[str]], *, logs: Path, cwd: Path = REPO, env: dict | None = None,
+                     timeout: float = 600) -> list[subprocess.CompletedProcess]:
+    """Run `commands` at once (as jobs share a cluster), each writing to files under `logs` (a full pipe would
+    stall it); their results in order, once all have ended."""
+    procs, files = [], []
+    for i, command in enumerate(commands):
+        out, err = logs / f"command{i}.out", logs / f"command{i}.err"
+        with out.open("w") as stdout, err.open("w") as stderr:
+            procs.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=True))
+        files.append((out, err))
+    for proc in procs:
+        proc.wait(timeout=timeout)
+    return [subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text())
+            for proc, (out, err) in zip(procs, files, strict=True)]
+
+
 def pids_marked(marker: str) -> list[int]:
     """Processes whose environment holds `marker` (e.g. a RAY_TMPDIR value unique to one test)."""
     needle = marker.encode()

@@ -39,23 +39,9 @@ def runnable(command: list[str]) -> list[str]:
     return out
 
 
-def run(command: list[str], cwd: Path, env: dict) -> str:
-    result = jobs.run_job_command(runnable(command), cwd=cwd, env=env, timeout=600)
-    assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-3000:])
+def succeeded(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, (result.args, result.stdout[-2000:], result.stderr[-3000:])
     return result.stdout
-
-
-def run_side_by_side(commands: list[list[str]], cwd: Path, env: dict) -> list[str]:
-    """Run `commands` at once, each writing to files (a full pipe would stall it); their stdouts in order."""
-    logs = [(cwd / f"side{i}.out", cwd / f"side{i}.err") for i in range(len(commands))]
-    procs = []
-    for command, (out, err) in zip(commands, logs, strict=True):
-        with out.open("w") as stdout, err.open("w") as stderr:
-            procs.append(subprocess.Popen(runnable(command), cwd=cwd, env=env, stdout=stdout, stderr=stderr))
-    for command, proc, (out, err) in zip(commands, procs, logs, strict=True):
-        proc.wait(timeout=600)
-        assert proc.returncode == 0, (command, out.read_text()[-2000:], err.read_text()[-3000:])
-    return [out.read_text() for out, _ in logs]
 
 
 def test_the_readme_sequence_runs_as_written(ray_local, tmp_path):
@@ -66,8 +52,10 @@ def test_the_readme_sequence_runs_as_written(ray_local, tmp_path):
     # The jobs join the session's Ray (RAY_ADDRESS), as they would join a running cluster. Each command waits
     # for the one before, except the last three: they only read what the others wrote, so they run side by side.
     env = jobs.joining(ray_local)
-    outputs = [run(command, tmp_path, env) for command in commands[:4]]
-    outputs += run_side_by_side(commands[4:], tmp_path, env)
+    outputs = [succeeded(jobs.run_job_command(runnable(command), cwd=tmp_path, env=env, timeout=600))
+               for command in commands[:4]]
+    outputs += [succeeded(result) for result in jobs.run_side_by_side(
+        [runnable(command) for command in commands[4:]], logs=tmp_path, cwd=tmp_path, env=env)]
     with open(tmp_path / "runs" / "dev" / "metrics.csv") as handle:  # trained 1 epoch, resumed to 2
         assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [1, 2]
     evaluation = json.loads(outputs[4][outputs[4].index("{"):])

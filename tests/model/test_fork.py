@@ -147,14 +147,9 @@ def read_mask(path: Path) -> np.ndarray:
         return src.read(1)
 
 
-def test_segment_cli_with_the_forks_training_state_gives_the_forks_mask(fork_run, scene, ray_local, tmp_path):
-    args = ["--config", REPO / "configs" / "segment.yaml", "--input", scene, "--checkpoint", fork_run.best,
-            "--output", tmp_path / "out"]
-    for item in SEGMENT:
-        args += ["--set", item]
-    result = jobs.run_job("segment", *args, env=jobs.joining(ray_local), timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert np.array_equal(read_mask(tmp_path / "out" / "image" / "mask.tif"), forks_mask(fork_run.model, scene))
+def test_segment_cli_with_the_forks_training_state_gives_the_forks_mask(fork_run, scene, fork_clis):
+    assert fork_clis.segment.returncode == 0, fork_clis.segment.stderr[-3000:]
+    assert np.array_equal(read_mask(fork_clis.out / "image" / "mask.tif"), forks_mask(fork_run.model, scene))
 
 
 def test_segment_with_the_forks_bare_weights_gives_the_forks_mask(fork_run, scene, ray_local, tmp_path):
@@ -200,12 +195,24 @@ def test_evaluate_with_each_fork_file_gives_the_forks_counts(fork_run, patches, 
         assert metrics["threshold"] == 0.45 and metrics["samples"] == 3
 
 
-def test_evaluate_cli_with_the_forks_training_state(fork_run, patches, ray_local, tmp_path):
+@pytest.fixture(scope="module")
+def fork_clis(fork_run, scene, patches, ray_local, tmp_path_factory):
+    """jobs/segment.py and jobs/evaluate.py with the fork's training state, side by side, joining the session's
+    Ray: what they printed, and where segment wrote its outputs and evaluate its metrics."""
+    root = tmp_path_factory.mktemp("fork_clis")
+    segment = jobs.job("segment", "--config", REPO / "configs" / "segment.yaml", "--input", scene, "--checkpoint",
+                       fork_run.best, "--output", root / "out", *(arg for item in SEGMENT for arg in ("--set", item)))
+    evaluate = jobs.job("evaluate", "--checkpoint", fork_run.best, "--data", patches, "--split", "val",
+                        "--output", root / "metrics.json")
+    results = jobs.run_side_by_side([segment, evaluate], logs=root, env=jobs.joining(ray_local), timeout=300)
+    return types.SimpleNamespace(segment=results[0], evaluate=results[1], out=root / "out",
+                                 metrics=root / "metrics.json")
+
+
+def test_evaluate_cli_with_the_forks_training_state(fork_run, patches, fork_clis):
     expected, objects = forks_counts(fork_run.model, patches, "val")
-    result = jobs.run_job("evaluate", "--checkpoint", fork_run.best, "--data", patches, "--split", "val",
-                        "--output", tmp_path / "metrics.json", env=jobs.joining(ray_local), timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert fork_clis.evaluate.returncode == 0, fork_clis.evaluate.stderr[-3000:]
+    metrics = json.loads(fork_clis.metrics.read_text())
     assert (metrics["tp"], metrics["fp"], metrics["fn"], metrics["tn"]) == (expected.tp, expected.fp, expected.fn,
                                                                             expected.tn)
     assert metrics["objects"] == objects.summary()
