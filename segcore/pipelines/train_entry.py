@@ -3,7 +3,7 @@
 A TorchTrainer hands its loop function to its controller actor and its DataConfig to its dataset actor, and
 unpickling either imports the module that defines it. Defined here, beside nothing heavier than `ray.train`,
 they spare those actors the training code's imports (torchvision and the model: seconds of start-up and
-hundreds of MB each, see BENCHMARKS.md); only the workers import it.
+hundreds of MB of memory each); only the workers import that code.
 """
 from __future__ import annotations
 
