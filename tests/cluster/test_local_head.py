@@ -29,6 +29,7 @@ import yaml
 from segcore.checkpoint import Checkpoint
 from segcore.config import InputConfig, ModelConfig, load_config
 from segcore.model import build_model
+from tests import jobs
 from tests.conftest import REPO
 
 CLUSTER = REPO / "cluster"
@@ -308,20 +309,15 @@ class Head:
         for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):  # the scripts decide these
             self.env.pop(name, None)
 
-    def start(self, script: str, *args: str) -> subprocess.Popen:
-        """Start cluster/local/<script>, its output (stdout and stderr) in a pipe."""
-        return subprocess.Popen([str(LOCAL / script), *map(str, args)], cwd=REPO, env=self.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-    @staticmethod
-    def finish(script: str, proc: subprocess.Popen, timeout: float = 300) -> str:
-        """The output of a started script; fails the test with the end of it unless the script exits 0."""
-        output = proc.communicate(timeout=timeout)[0]
-        assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{output[-4000:]}"
-        return output
+    def command(self, script: str, *args: str) -> list[str]:
+        return [str(LOCAL / script), *map(str, args)]
 
     def run(self, script: str, *args: str, timeout: float = 300) -> str:
-        return self.finish(script, self.start(script, *args), timeout)
+        """Run cluster/local/<script>; fails the test with the end of its output unless it exits 0."""
+        result = subprocess.run(self.command(script, *args), cwd=REPO, env=self.env, timeout=timeout,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert result.returncode == 0, f"{script} exited {result.returncode}:\n{result.stdout[-4000:]}"
+        return result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -380,8 +376,11 @@ def submitted(head, patch_set, tmp_path_factory):
                             "--set", "train.batch_size=4", "--set", "train.cpus_per_worker=0.5",
                             "--set", "model.decoder_width=16"),
     }
-    procs = {script: head.start(script, *args) for script, args in scripts.items()}
-    logs = {script: head.finish(script, proc) for script, proc in procs.items()}
+    results = jobs.run_side_by_side([head.command(script, *args) for script, args in scripts.items()], logs=root,
+                                    env=head.env, timeout=300)
+    logs = {script: result.stdout + result.stderr for script, result in zip(scripts, results, strict=True)}
+    for script, result in zip(scripts, results, strict=True):
+        assert result.returncode == 0, f"{script} exited {result.returncode}:\n{logs[script][-4000:]}"
     return SimpleNamespace(city=city, out=out, run=run, logs=logs)
 
 
