@@ -41,6 +41,10 @@ def sim():
 
     address_file = Path(ray._private.utils.get_ray_address_file(None))
     before = address_file.read_text() if address_file.exists() else None
+    # The session's ray.init() sets RAY_AUTH_MODE=token in this process, whose environment every node started
+    # here inherits; the cluster runs without token authentication whichever test ran first.
+    environment = pytest.MonkeyPatch()
+    environment.delenv("RAY_AUTH_MODE", raising=False)
     cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=0, resources={"head": 1},
                                                                 include_dashboard=False, object_store_memory=STORE))
     try:
@@ -53,6 +57,7 @@ def sim():
         yield SimpleNamespace(cluster=cluster, env=env, head=cluster.head_node.node_id, gpus=gpus, cpu=cpu)
     finally:
         cluster.shutdown()
+        environment.undo()
         # Cluster() pointed `ray.init()` without an address at itself; the session's other Rays never read it.
         if before is None:
             address_file.unlink(missing_ok=True)
