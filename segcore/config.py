@@ -123,7 +123,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
     early_stop_patience: int = 0  # epochs without a better val IoU; 0 disables early stopping
     threshold: float = DEFAULT_THRESHOLD  # the decision threshold of the validation metrics
-    seed: int = 0
+    seed: int = 0  # initial weights, each epoch's patch order and augmentations: a rerun trains the same model
     num_workers: int = 2
     use_gpu: bool = False
     # Fractions are fine: on a 2-CPU machine, 2 workers at 0.5 leave a CPU for Ray Data's loading tasks.

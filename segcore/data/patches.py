@@ -8,8 +8,8 @@ Plain Python (no Ray): the training job's data loading and the prepare pipeline 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -17,6 +17,9 @@ import numpy as np
 from segcore.config import AugmentConfig, S3Config
 from segcore.errors import InputError
 from segcore.storage import describe_error, filesystem, join, list_dir
+
+if TYPE_CHECKING:
+    import albumentations
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"
@@ -120,22 +123,28 @@ class PatchReader:
     """Ray Data batch function: patch paths -> uint8 images N x H x W x 3 and masks N x H x W in {0, 1}.
 
     An instance carries its settings into every task; the augmentation pipeline is built once per process.
-    Torch-free (albumentations only when augmenting), so the Ray Data tasks that call it start fast.
+    When the batch carries a `seed` column, each patch is augmented from its own seed, so the result does not
+    depend on which process reads it. Torch-free (albumentations only when augmenting), so the Ray Data
+    tasks that call it start fast.
     """
 
     def __init__(self, s3: S3Config, augment: AugmentConfig | None = None):
         self.s3, self.augment = s3, augment
-        self._transform: Callable[..., dict] | None = None
+        self._transform: albumentations.Compose | None = None
 
     def __call__(self, batch: dict) -> dict:
         fs = filesystem(str(batch["image"][0]), self.s3)
         images = [decode_image(fs.cat_file(path), path) for path in batch["image"]]
         labels = [decode_label(fs.cat_file(path), path) for path in batch["label"]]
         if self.augment is not None:
-            if self._transform is None:
-                from segcore.data.transforms import build_augment
+            from segcore.data.transforms import build_augment, reseed
 
+            if self._transform is None:
                 self._transform = build_augment(self.augment)
-            pairs = [self._transform(image=image, mask=label) for image, label in zip(images, labels, strict=True)]
-            images, labels = [pair["image"] for pair in pairs], [pair["mask"] for pair in pairs]
+            seeds = batch.get("seed")
+            for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+                if seeds is not None:
+                    reseed(self._transform, int(seeds[index]))
+                pair = self._transform(image=image, mask=label)
+                images[index], labels[index] = pair["image"], pair["mask"]
         return {"image": np.stack(images), "label": np.stack(labels)}

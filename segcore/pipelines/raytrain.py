@@ -2,8 +2,9 @@
 storage and the TorchTrainer itself (its loop entry and dataset split are in `train_entry`).
 
 Driver side: `check_split` checks a split's patches (one clear line before any worker starts), `patch_dataset`
-builds a Ray Dataset of patch paths that a `PatchReader` decodes (and for training augments) in CPU tasks.
-Worker side: `all_reduce` sums `EpochStats` over the workers, `unwrap` takes DDP's wrapper off.
+builds the Ray Dataset of a validation or test split's patch paths that a `PatchReader` decodes in CPU tasks.
+Worker side: `epoch_shard` is a worker's training patches of one epoch (decoded and augmented the same way),
+`all_reduce` sums `EpochStats` over the workers, `unwrap` takes DDP's wrapper off.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 import ray.train
 import torch
@@ -52,10 +54,31 @@ def check_split(root: str, split: str, cfg: Config, tile_size: int | None = None
     return pairs, size
 
 
-def patch_dataset(pairs: list[tuple[str, str]], cfg: Config, augment: bool) -> ray.data.Dataset:
+def patch_dataset(pairs: list[tuple[str, str]], cfg: Config) -> ray.data.Dataset:
+    """A split's patches as they are (validation and test)."""
     items = [{"image": image, "label": label} for image, label in pairs]
-    reader = PatchReader(cfg.s3, cfg.train.augment if augment else None)
-    return ray.data.from_items(items).map_batches(reader, batch_size=PATCH_BATCH, batch_format="numpy")
+    return ray.data.from_items(items).map_batches(PatchReader(cfg.s3), batch_size=PATCH_BATCH, batch_format="numpy")
+
+
+def epoch_shard(pairs: list[tuple[str, str]], cfg: Config, epoch: int, rank: int, world: int) -> ray.data.Dataset:
+    """Worker `rank`'s augmented training patches of one epoch, in a fixed order.
+
+    A permutation of every patch, drawn from (train.seed, epoch), is cut into `world` equal runs (DDP steps
+    in lock-step; the remainder sits the epoch out), and each patch carries its own augmentation seed. So a
+    rerun with the same seed sees the same batches, augmented the same way, whichever processes read them.
+    """
+    t = cfg.train
+    order = np.random.default_rng((t.seed, epoch)).permutation(len(pairs))
+    seeds = np.random.default_rng((t.seed, epoch, 1)).integers(0, 2**63, len(pairs))
+    share = len(pairs) // world
+    items = [{"image": pairs[i][0], "label": pairs[i][1], "seed": int(seeds[i])}
+             for i in order[rank * share:(rank + 1) * share]]
+    dataset = ray.data.from_items(items).map_batches(PatchReader(cfg.s3, t.augment), batch_size=PATCH_BATCH,
+                                                     batch_format="numpy")
+    dataset.set_name(f"train-epoch{epoch}-rank{rank}")
+    dataset.context.execution_options.preserve_order = True
+    dataset.context.enable_progress_bars = False  # one per worker and epoch; rank 0 prints a line per epoch
+    return dataset
 
 
 def all_reduce(stats: EpochStats, device: torch.device) -> EpochStats:

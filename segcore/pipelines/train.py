@@ -34,6 +34,7 @@ from segcore.pipelines import init_ray
 from segcore.pipelines.raytrain import (
     all_reduce,
     check_split,
+    epoch_shard,
     make_trainer,
     patch_dataset,
     unwrap,
@@ -113,12 +114,11 @@ def train_loop(config: dict) -> None:
         if progress.best_state_dict is None and progress.best_epoch == state.epoch:
             progress.best_state_dict = state.state_dict
         start = state.epoch + 1
-    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    train_pairs, val_shard = ray.get(config["train_pairs"]), ray.train.get_dataset_shard("val")
     for epoch in range(start, t.epochs + 1):
         began = time.perf_counter()
-        batches = train_shard.iter_batches(batch_size=t.batch_size, batch_format="numpy",
-                                           local_shuffle_buffer_size=4 * t.batch_size,
-                                           local_shuffle_seed=t.seed * 100_003 + epoch * 101 + rank)
+        shard = epoch_shard(train_pairs, cfg, epoch, rank, world)
+        batches = shard.iter_batches(batch_size=t.batch_size, batch_format="numpy")
         on_batch = _batch_hook(hooks, epoch, rank)
         train_stats = all_reduce(train_one_epoch(model, batches, loss_fn, optimizer, device, t, on_batch), device)
         train_seconds = time.perf_counter() - began
@@ -255,11 +255,12 @@ def run_training(cfg: Config, resume: str | None = None, hooks: TrainHooks | Non
                            ("train.init_from", t.init_from)])
     if init:
         print(init[1], flush=True)
-    datasets = {split: patch_dataset(p, cfg, augment=(split == "train")) for split, p in pairs.items()}
+    datasets = {split: patch_dataset(p, cfg) for split, p in pairs.items() if split != "train"}
     print(f"training on {', '.join(f'{len(p)} {s}' for s, p in pairs.items())} patches with {t.num_workers} "
           f"{'GPU' if t.use_gpu else 'CPU'} worker(s); run directory {t.run_dir}", flush=True)
     loop_config = {"cfg": cfg.to_dict(), "resume_from": run.last if resume else None, "hooks": hooks,
-                   "init_weights": ray.put(init[0]) if init else None, "splits": sorted(pairs)}
+                   "init_weights": ray.put(init[0]) if init else None, "train_pairs": ray.put(pairs["train"]),
+                   "splits": sorted(pairs)}
     trainer = make_trainer(loop_config, cfg, datasets, f"ray-train-{time.strftime('%Y%m%d-%H%M%S')}",
                            t.run_dir)
     return dict(trainer.fit().metrics or {})

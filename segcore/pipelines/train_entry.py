@@ -18,15 +18,13 @@ def train_worker(config: dict) -> None:
 
 
 class ExactEvalSplit(DataConfig):
-    """Train is split equally (DDP steps stay in lock-step); val/test unequally, so no row is ever dropped
-    and metrics summed over workers equal metrics over the whole split, whatever the worker count."""
+    """Validation and test splits go to the workers unequally, so no row is ever dropped and metrics summed
+    over workers equal metrics over the whole split, whatever the worker count. (Training patches are not
+    Ray Train datasets: each worker reads its own `raytrain.epoch_shard`, reproducibly.)"""
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        output = super().configure({"train": datasets["train"]} if "train" in datasets else {},
-                                   world_size, worker_handles, worker_node_ids, **kwargs)
+        output: list[dict] = [{} for _ in range(world_size)]
         for name, dataset in datasets.items():
-            if name == "train":
-                continue
             dataset = dataset.copy(dataset)
             dataset.set_name(name)
             dataset.context.execution_options = self._resolve_execution_options(name)
