@@ -34,6 +34,7 @@ DEFAULT_DATA = Path("/work/shared/data/real-oam")
 MOSAIC = re.compile(r"(site\d+)_.*_rgb\.tif$")
 PREVIEW_SIDE = 1024
 TRUE_POSITIVE, FALSE_POSITIVE, MISSED = (40, 200, 60), (230, 40, 40), (40, 90, 240)
+SWEEP = tuple(round(0.25 + 0.05 * k, 2) for k in range(11))  # thresholds of the diagnostic IoU sweep
 
 
 def find_sites(data: Path) -> dict[str, list[tuple[Path, Path, Path | None]]]:
@@ -94,6 +95,25 @@ def object_counts(mask_tif: Path, label_tif: Path, cfg):
     return evaluator.finish()
 
 
+def threshold_counts(output: Path, label_tif: Path) -> dict[float, list[int]]:
+    """(tp, fp, fn) at each SWEEP threshold, from a segment output's prob.tif over its valid pixels."""
+    import rasterio
+
+    with rasterio.open(output / "prob.tif") as src:
+        probability = src.read(1)
+    with rasterio.open(output / "mask.tif") as src:
+        valid = src.read(1) != 255
+    with rasterio.open(label_tif) as src:
+        truth = (src.read(1) > 0)[valid]
+    probability = probability[valid]
+    counts = {}
+    for threshold in SWEEP:
+        building = probability >= round(threshold * 255)
+        tp = int(np.count_nonzero(building & truth))
+        counts[threshold] = [tp, int(np.count_nonzero(building)) - tp, int(np.count_nonzero(truth)) - tp]
+    return counts
+
+
 def site_preview(pairs: list[tuple[Path, Path, Path]], out: Path) -> None:
     """One PNG per site: its mosaics side by side (longest side PREVIEW_SIDE), predictions against labels."""
     import cv2
@@ -122,11 +142,23 @@ def site_preview(pairs: list[tuple[Path, Path, Path]], out: Path) -> None:
     cv2.imwrite(str(out), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
 
 
-def train_minutes(cfg, resume=None) -> float:
+def prepare_patches(images: list[str], labels: list[str], output: Path, cfg) -> dict[str, int]:
+    """Patches of `images` for training; without a test share, the empty test split is removed (the held-out
+    site, or the real mosaics after pretraining, are the test), since training would refuse an empty one."""
+    from segcore.pipelines.prepare import prepare_dataset
+
+    summary = prepare_dataset(images, labels, str(output), cfg)
+    if not summary.patches["test"]:
+        shutil.rmtree(output / "test")
+    return summary.patches
+
+
+def train_minutes(cfg) -> float:
+    """Wall-clock minutes of one training run (Ray Train start-up included)."""
     from segcore.pipelines.train import run_training
 
     began = time.perf_counter()
-    run_training(cfg, resume)
+    run_training(cfg)
     return (time.perf_counter() - began) / 60
 
 
@@ -134,15 +166,14 @@ def pretrain(args, work: Path) -> tuple[str, float]:
     """Train once on the generated city (configs named by --pretrain-config/--pretrain-set); the best
     checkpoint and the training minutes. Reuses --pretrained when given (its minutes from --pretrain-minutes)."""
     from segcore.config import load_config
-    from segcore.pipelines.prepare import prepare_dataset
     from segcore.synth import generate_city
 
     cfg = load_config(args.pretrain_config, [f"train.data_root={work / 'synth_patches'}",
                                              f"train.run_dir={work / 'synth_run'}", *args.pretrain_set])
     city = generate_city(work / "synth_city", args.pretrain_size, args.pretrain_size, seed=args.pretrain_seed,
                          realism=cfg.synth)
-    summary = prepare_dataset([str(city.image)], [str(city.labels)], str(work / "synth_patches"), cfg)
-    print(f"pretraining on the generated city: {summary.patches}", flush=True)
+    patches = prepare_patches([str(city.image)], [str(city.labels)], work / "synth_patches", cfg)
+    print(f"pretraining on the generated city: {patches}", flush=True)
     minutes = train_minutes(cfg)
     return str(work / "synth_run" / "checkpoints" / "best.pt"), minutes
 
@@ -151,7 +182,6 @@ def run_fold(site: str, sites: dict, images: dict[Path, Path], args, work: Path,
     """Prepare the other sites, train, segment the held-out site; its metrics."""
     from segcore.config import load_config
     from segcore.metrics import ConfusionCounts
-    from segcore.pipelines.prepare import prepare_dataset
     from segcore.pipelines.segment import plan_segment, run_segment
 
     fold = work / f"fold_{site}"
@@ -159,14 +189,12 @@ def run_fold(site: str, sites: dict, images: dict[Path, Path], args, work: Path,
     if init:
         overrides.append(f"train.init_from={init}")
     cfg = load_config(args.config, overrides)
+    cfg.segment.write_probability = True  # for the threshold sweep
     train_sites = [s for s in sites if s != site]
     rgb = [str(images[m[0]]) for s in train_sites for m in sites[s]]
     labels = [str(m[1]) for s in train_sites for m in sites[s]]
-    summary = prepare_dataset(rgb, labels, str(fold / "patches"), cfg)
-    test_dir = fold / "patches" / "test"
-    if not summary.patches["test"]:  # the held-out site is the test set: no test split among the training sites
-        shutil.rmtree(test_dir)
-    print(f"{site}: training on {', '.join(train_sites)}: {summary.patches}", flush=True)
+    patches = prepare_patches(rgb, labels, fold / "patches", cfg)
+    print(f"{site}: training on {', '.join(train_sites)}: {patches}", flush=True)
     minutes = train_minutes(cfg)
     checkpoint = fold / "run" / "checkpoints" / "best.pt"
     held = sites[site]
@@ -174,19 +202,23 @@ def run_fold(site: str, sites: dict, images: dict[Path, Path], args, work: Path,
                         [str(m[1]) for m in held])
     result = run_segment(plan)
     pixels, objects, pairs = ConfusionCounts(), None, []
+    sweep = {threshold: np.zeros(3, np.int64) for threshold in SWEEP}
     for entry, (source, label, _) in zip(result["inputs"], held, strict=True):
         if entry["status"] != "ok":
             raise RuntimeError(f"segmenting {source} failed: {entry['error']}")
         metrics = entry["metrics"]
         pixels = pixels + ConfusionCounts(metrics["tp"], metrics["fp"], metrics["fn"], metrics["tn"])
         mask_tif = Path(metrics["output"]) / "mask.tif"
+        for threshold, counts in threshold_counts(Path(metrics["output"]), label).items():
+            sweep[threshold] += counts
         counts = object_counts(mask_tif, label, cfg)
         objects = counts if objects is None else objects + counts
         pairs.append((images[source], mask_tif, label))
     site_preview(pairs, Path(args.output) / f"preview_{site}.png")
-    return dict(site=site, train_sites=train_sites, patches=summary.patches, train_minutes=minutes,
+    return dict(site=site, train_sites=train_sites, patches=patches, train_minutes=minutes,
                 pixels=pixels.summary(), objects=objects.summary() if objects else {},
-                threshold=result["threshold"])
+                threshold=result["threshold"],
+                sweep_iou={str(t): float(c[0] / max(c.sum(), 1)) for t, c in sweep.items()})
 
 
 def main() -> int:
@@ -248,6 +280,7 @@ def write_results(args, folds: list[dict], pre_minutes: float, began: float) -> 
                     f"{o['f1']:.3f} | {o['precision']:.3f} | {o['recall']:.3f} | {o['matched']}/{o['true']} | "
                     f"{pre_minutes:.1f} + {fold['train_minutes']:.1f} |")
     mean_iou = float(np.mean([f["pixels"]["iou"] for f in folds]))
+    sweep = {t: float(np.mean([f["sweep_iou"][t] for f in folds])) for t in folds[0].get("sweep_iou", {})}
     mean_f1 = float(np.mean([f["objects"]["f1"] for f in folds]))
     lines = [f"Command: `{' '.join(sys.argv)}`", "",
              "| held-out site | pixel IoU | pixel F1 | precision | recall | object F1 | object P | object R | "
@@ -257,12 +290,13 @@ def write_results(args, folds: list[dict], pre_minutes: float, began: float) -> 
              f"{objects.matched}/{objects.true} | |", "",
              f"Mean over held-out sites: pixel IoU **{mean_iou:.3f}**, object F1 {mean_f1:.3f}; longest fold "
              f"{pre_minutes + max(f['train_minutes'] for f in folds):.1f} training minutes; whole run "
-             f"{(time.perf_counter() - began) / 60:.1f} min."]
+             f"{(time.perf_counter() - began) / 60:.1f} min.", "",
+             "Mean pixel IoU at other thresholds (diagnostic): " + ", ".join(f"{t}: {v:.3f}" for t, v in sweep.items())]
     text = "\n".join(lines)
     out = Path(args.output)
     (out / "results.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps(dict(label=args.label, argv=sys.argv, folds=folds,
-                                                      mean_iou=mean_iou, mean_object_f1=mean_f1,
+                                                      mean_iou=mean_iou, mean_object_f1=mean_f1, sweep=sweep,
                                                       pooled=pooled.summary()), indent=1))
     print(text, flush=True)
 
