@@ -89,19 +89,58 @@ class PrepareConfig:
 
 @dataclass
 class AugmentConfig:
-    """Albumentations applied to training patches on the CPU side (the fork's flips and rotation)."""
+    """Albumentations applied to training patches on the CPU side (`segcore.data.transforms`).
+
+    Each transform runs with its probability (0 turns it off). Geometric ones move image and mask together;
+    blur, colour and noise change the image only. The defaults are the fork's flips and rotation.
+    """
 
     hflip: float = 0.5  # probability
     vflip: float = 0.5
+    # A random multiple of 90 degrees; with hflip it reaches all 8 symmetries of the square (D4): roofs
+    # have no preferred orientation from above.
+    rot90: float = 0.0
     rotate_limit: float = 15.0  # degrees
     rotate_p: float = 0.5
-    brightness_contrast: float = 0.0  # probability of a +-0.1 brightness/contrast jitter
+    # Zoom by a factor in [1 / (1 + scale_limit), 1 + scale_limit], as likely in as out: the ground
+    # resolution of other sensors and mosaics around the training data's (mirrored at the patch border).
+    scale: float = 0.0
+    scale_limit: float = 0.25
+    # Gaussian blur with sigma up to blur_sigma px: softer optics, resampled or hazy imagery.
+    blur: float = 0.0
+    blur_sigma: float = 1.0
+    brightness_contrast: float = 0.0  # probability of a brightness/contrast jitter
+    brightness_limit: float = 0.1  # +- this fraction of full scale
+    contrast_limit: float = 0.1  # +- this fraction
+    # Hue, saturation and value shifts up to these limits, in OpenCV's uint8 HSV units (hue: 180 is a full
+    # turn; saturation and value: 255 is full scale): roofs of every colour, other sensors' colour balance.
+    hue_saturation: float = 0.0
+    hue_shift: float = 10.0
+    saturation_shift: float = 30.0
+    value_shift: float = 10.0
+    gamma: float = 0.0  # probability of a gamma curve with exponent in [1 - gamma_limit, 1 + gamma_limit]
+    gamma_limit: float = 0.2
+    # Gaussian noise per channel with a standard deviation up to noise_std of full scale: sensor noise.
+    noise: float = 0.0
+    noise_std: float = 0.03
 
     def validate(self, at: str) -> None:
-        for name in ("hflip", "vflip", "rotate_p", "brightness_contrast"):
+        for name in ("hflip", "vflip", "rot90", "rotate_p", "scale", "blur", "brightness_contrast",
+                     "hue_saturation", "gamma", "noise"):
             value = getattr(self, name)
             _check(f"{at}.{name}", value, 0.0 <= value <= 1.0, "a probability in [0, 1]")
         _check(f"{at}.rotate_limit", self.rotate_limit, 0 <= self.rotate_limit <= 180, "degrees in [0, 180]")
+        _check(f"{at}.scale_limit", self.scale_limit, 0 < self.scale_limit <= 1, "a fraction in (0, 1]")
+        _check(f"{at}.blur_sigma", self.blur_sigma, 0 < self.blur_sigma <= 10, "pixels in (0, 10]")
+        for name in ("brightness_limit", "contrast_limit", "gamma_limit"):
+            value = getattr(self, name)
+            _check(f"{at}.{name}", value, 0 < value < 1, "a fraction in (0, 1)")
+        _check(f"{at}.hue_shift", self.hue_shift, 0 <= self.hue_shift <= 90,
+               "a hue shift in [0, 90] (180 = a full turn)")
+        for name in ("saturation_shift", "value_shift"):
+            value = getattr(self, name)
+            _check(f"{at}.{name}", value, 0 <= value <= 255, "a shift in [0, 255]")
+        _check(f"{at}.noise_std", self.noise_std, 0 < self.noise_std <= 0.5, "a fraction of full scale in (0, 0.5]")
 
 
 @dataclass
@@ -252,6 +291,36 @@ class PolygonConfig:
 
 
 @dataclass
+class SynthConfig:
+    """How the generated city (`segcore.synth`) looks. The defaults render it exactly as it always has; each
+    option moves it towards real imagery (for pretraining before fine-tuning on real mosaics)."""
+
+    # Metres per pixel of the written image. The city is planned at pixel_size (0.5 m) and resampled to this
+    # (e.g. 0.3, the real mosaics' resolution); null writes it at pixel_size.
+    ground_resolution: float | None = None
+    # "global" adds the metal-sheet roofs of the tropics and South Asia (blue, teal, green, red, rust,
+    # bare zinc) to a share of the temperate palette's tile, slate and concrete roofs.
+    roof_colours: Literal["temperate", "global"] = "temperate"
+    trees_over_roofs: float = 0.0  # share of buildings with a tree crown over part of the roof (still labelled)
+    haze: float = 0.0  # largest share of bright airlight blended in, varying smoothly over the scene
+    blur_sigma: float = 0.7  # px of the rendered grid: optics and resampling softness
+    noise_sigma: float = 3.0  # grey levels of luminance noise
+    colour_noise: float = 0.0  # grey levels of extra per-channel (chroma) noise
+
+    def validate(self, at: str) -> None:
+        if self.ground_resolution is not None:
+            _check(f"{at}.ground_resolution", self.ground_resolution, 0.05 <= self.ground_resolution <= 5,
+                   "metres per pixel in [0.05, 5] or null")
+        for name in ("trees_over_roofs", "haze"):
+            value = getattr(self, name)
+            _check(f"{at}.{name}", value, 0.0 <= value <= 1.0, "a fraction in [0, 1]")
+        _check(f"{at}.blur_sigma", self.blur_sigma, 0 < self.blur_sigma <= 3, "pixels in (0, 3]")
+        for name in ("noise_sigma", "colour_noise"):
+            value = getattr(self, name)
+            _check(f"{at}.{name}", value, 0 <= value <= 50, "grey levels in [0, 50]")
+
+
+@dataclass
 class S3Config:
     """Where s3:// paths go. Credentials come from the standard AWS environment/profile, never from here."""
 
@@ -355,6 +424,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     http: HTTPConfig = field(default_factory=HTTPConfig)
     stac: StacConfig = field(default_factory=StacConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

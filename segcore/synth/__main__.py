@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+from segcore.config import load_config
+from segcore.errors import InputError
 from segcore.synth.city import DEFAULT_CRS, DEFAULT_PIXEL_SIZE, generate_city
 
 
@@ -24,12 +27,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", required=True, help="directory to write the files to")
     parser.add_argument("--crs", default=DEFAULT_CRS, help=f"projected CRS (default {DEFAULT_CRS})")
     parser.add_argument("--pixel-size", type=float, default=DEFAULT_PIXEL_SIZE,
-                        help=f"metres per pixel (default {DEFAULT_PIXEL_SIZE})")
+                        help=f"metres per pixel of the plan (default {DEFAULT_PIXEL_SIZE})")
+    parser.add_argument("--config", metavar="X.yaml", help="a config whose synth section sets the look")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set synth.haze=0.2 (repeatable)")
     args = parser.parse_args(argv)
+    try:
+        realism = load_config(args.config, args.overrides).synth
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     paths = generate_city(args.output, args.width, args.height, seed=args.seed, crs=args.crs,
-                          pixel_size=args.pixel_size)
+                          pixel_size=args.pixel_size, realism=realism)
+    resolution = realism.ground_resolution or args.pixel_size
     print(f"wrote {args.width}x{args.height} px city (seed {args.seed}, {args.crs}, "
-          f"{args.pixel_size} m/px): {paths.image}, {paths.labels}, {paths.buildings}")
+          f"{resolution} m/px): {paths.image}, {paths.labels}, {paths.buildings}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Drawing a planned city, one horizontal strip at a time, into RGB pixels and building labels.
 
-Each strip is drawn on a canvas MARGIN rows taller on both sides, so that the blur and the
+Each strip is drawn on a canvas MARGIN rows (more for a wider blur) taller on both sides, so that the blur and the
 edge filters see the same neighbourhood as they would in one big image; objects are looked
 up by the rows they touch, so a strip costs time and memory in proportion to its own size.
 """
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -44,9 +47,22 @@ FIXTURE_SHADOW_FACTOR = 0.65
 FIXTURE_HEIGHT = 3.0             # px
 EAVE_FACTOR = 0.85               # roof edges are a little darker (gutters, overhang shade)
 TREE_HIGHLIGHT = (1.28, 0.6, 0.35)   # sunlit crown: brightness, radius and offset (x radius)
+AIRLIGHT = (205.0, 210.0, 216.0)     # the bright, slightly blue veil of haze
 
 
-def render_strip(plan: CityPlan, row0: int, row1: int, transform: Affine) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Look:
+    """The per-pixel effects of the camera and the air (`segcore.synth.realism` sets them from the config)."""
+
+    blur_sigma: float = BLUR_SIGMA
+    noise_sigma: float = NOISE_SIGMA     # luminance noise, equal on the three channels
+    colour_noise: float = 0.0            # per-channel noise on top, grey levels
+    haze: float = 0.0                    # largest airlight share
+    haze_field: Field | None = None      # where the haze is thick (1) or thin (-1)
+
+
+def render_strip(plan: CityPlan, row0: int, row1: int, transform: Affine,
+                 look: Look | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Image rows [row0, row1): an (rows, width, 3) uint8 RGB array and (rows, width) uint8 labels.
 
     `row0` must start a strip (a multiple of STRIP_ROWS) and the range may not exceed one strip.
@@ -55,7 +71,9 @@ def render_strip(plan: CityPlan, row0: int, row1: int, transform: Affine) -> tup
     """
     if row0 % STRIP_ROWS or not 0 < row1 - row0 <= STRIP_ROWS or row1 > plan.height:
         raise ValueError(f"rows [{row0}, {row1}) are not one strip of a {plan.height}-row image")
-    top, bottom = max(0, row0 - MARGIN), min(plan.height, row1 + MARGIN)
+    look = look or Look()
+    margin = max(MARGIN, math.ceil(4 * look.blur_sigma) + 1)  # the blur's reach (its kernel radius is 4 sigma)
+    top, bottom = max(0, row0 - margin), min(plan.height, row1 + margin)
     buildings = [plan.buildings[i] for i in np.flatnonzero(
         (plan.building_rows[:, 1] >= top) & (plan.building_rows[:, 0] <= bottom))]
     tree_reach = plan.trees[:, 2] * (1 + TREE_HEIGHT_PER_RADIUS * max(SHADOW_RATIO))
@@ -67,12 +85,19 @@ def render_strip(plan: CityPlan, row0: int, row1: int, transform: Affine) -> tup
     _paint_roofs(canvas, ids, buildings, plan, top, bottom)
     _paint_trees(canvas, trees, plan, top, bottom)
 
-    canvas = cv2.GaussianBlur(canvas, (0, 0), BLUR_SIGMA)[row0 - top:row1 - top]
+    canvas = cv2.GaussianBlur(canvas, (0, 0), look.blur_sigma)[row0 - top:row1 - top]
+    if look.haze_field is not None:
+        amount = look.haze * (0.5 + 0.5 * _field_rows(look.haze_field, row0, row1, plan.width))
+        canvas = canvas * (1 - amount)[..., None] + amount[..., None] * np.array(AIRLIGHT, np.float32)
     # Luminance noise, equal on the three channels as after a camera's colour processing.
-    noise = np.random.default_rng([plan.seed, row0 // STRIP_ROWS]).standard_normal(
+    grain = np.random.default_rng([plan.seed, row0 // STRIP_ROWS]).standard_normal(
         canvas.shape[:2], dtype=np.float32)
-    noise *= np.float32(NOISE_SIGMA)
-    image = cv2.add(canvas, cv2.merge([noise] * 3), dtype=cv2.CV_8U)   # rounds and saturates
+    grain *= np.float32(look.noise_sigma)
+    noise = np.repeat(grain[..., None], 3, axis=2)
+    if look.colour_noise > 0:
+        noise += np.float32(look.colour_noise) * np.random.default_rng(
+            [plan.seed, row0 // STRIP_ROWS, 1]).standard_normal(noise.shape, dtype=np.float32)
+    image = cv2.add(canvas, noise, dtype=cv2.CV_8U)   # rounds and saturates
     labels = np.where(ids[row0 - top:row1 - top] > 0, BUILDING, BACKGROUND).astype(np.uint8)
     return image, labels
 
