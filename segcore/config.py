@@ -228,6 +228,9 @@ class SegmentConfig:
     precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast applies on GPU only
     channels_last: bool = True  # NHWC model and tiles, on GPU and CPU (faster on both)
     compile: bool = False  # torch.compile the model in each actor (pays off on GPU for long runs)
+    # Test-time augmentation: average each tile's probabilities over its mirror image ("flip", 2 forward
+    # passes) or all 8 flips and right-angle turns ("d4", 8 passes), on the device, before blending.
+    tta: Literal["none", "flip", "d4"] = "none"
     write_probability: bool = False  # also write a uint8 0-255 probability COG
     write_polygons: bool = False  # also write building footprints (the `polygons` section says how)
     preview_size: int = 1024  # longest side of the preview PNG in pixels; 0 disables

@@ -50,23 +50,43 @@ def tile_origins(height: int, width: int, tile_size: int, overlap: int) -> list[
             for col in tile_starts(width, tile_size, stride, pad_end=False)]
 
 
-def _forward(model: nn.Module, tiles: torch.Tensor, device: torch.device, precision: str) -> tuple[torch.Tensor, float]:
-    """The tiles' probabilities, and the CPU seconds this thread spent on them."""
+# Test-time augmentation: the views of each tile the model sees, as (quarter turns, mirrored). Seen from above,
+# roofs have no preferred orientation, so the mean over the square's symmetries is a steadier estimate.
+TTA_VIEWS: dict[str, tuple[tuple[int, bool], ...]] = {
+    "none": ((0, False),),
+    "flip": ((0, False), (0, True)),
+    "d4": tuple((turns, mirrored) for turns in range(4) for mirrored in (False, True)),
+}
+
+
+def _forward(model: nn.Module, tiles: torch.Tensor, device: torch.device, precision: str,
+             views: Sequence[tuple[int, bool]]) -> tuple[torch.Tensor, float]:
+    """The tiles' probabilities, the mean over `views` each turned back, and the CPU seconds this thread
+    spent on them."""
     started = time.thread_time()
+    memory_format = torch.channels_last if tiles.is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
+    total = torch.zeros((tiles.shape[0], *tiles.shape[2:]), dtype=torch.float32, device=tiles.device)
     with torch.inference_mode(), autocast_for(device, precision):
-        probability = model(tiles)[:, 0].float().sigmoid()
-    return probability, time.thread_time() - started
+        for turns, mirrored in views:
+            view = torch.rot90(tiles.flip(-1) if mirrored else tiles, turns, (-2, -1))
+            probability = torch.rot90(model(view.contiguous(memory_format=memory_format))[:, 0].float().sigmoid(),
+                                      -turns, (-2, -1))
+            total += probability.flip(-1) if mirrored else probability
+    return total / len(views), time.thread_time() - started
 
 
 def predict_block(model: nn.Module, rgb: np.ndarray, valid: np.ndarray, *, tile_size: int, overlap: int,
                   batch_size: int, device: torch.device | str = "cpu", precision: str = "fp32",
-                  channels_last: bool = False, origins: Sequence[tuple[int, int]] | None = None) -> BlockPrediction:
+                  channels_last: bool = False, tta: str = "none",
+                  origins: Sequence[tuple[int, int]] | None = None) -> BlockPrediction:
     """Blended building probabilities for uint8 rgb [3, h, w] with a valid mask [h, w].
 
     `origins`: the tiles to compute, (row, col) in the block (default: `tile_origins` over it). Tiles holding
     nodata only are skipped. An array smaller than a tile is padded to one (as nodata) and cropped back.
     bf16 autocast applies on CUDA only; channels_last applies on every device (pass a model converted to it):
-    oneDNN's NHWC convolutions are faster on the CPU as well.
+    oneDNN's NHWC convolutions are faster on the CPU as well. `tta` (a key of TTA_VIEWS) averages each tile's
+    probabilities over flipped and turned views before blending: 2 or 8 forward passes per tile.
     """
     device = torch.device(device)
     height, width = valid.shape
@@ -94,7 +114,7 @@ def predict_block(model: nn.Module, rgb: np.ndarray, valid: np.ndarray, *, tile_
             if batch is not None:
                 tiles = prepare_input(torch.stack([image[:, r:r + tile_size, c:c + tile_size] for r, c in batch]),
                                       channels_last)
-                submitted = (batch, forward.submit(_forward, model, tiles, device, precision))
+                submitted = (batch, forward.submit(_forward, model, tiles, device, precision, TTA_VIEWS[tta]))
             clock = _lap(cpu, "tiling", clock)
             if pending is not None:  # blend the previous batch while this one runs
                 probabilities, forward_s = pending[1].result()

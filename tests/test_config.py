@@ -19,7 +19,7 @@ def test_defaults_and_fork_equivalent_training_config():
     assert cfg.model.pretrained is False
 
 
-@pytest.mark.parametrize("name", ["train.yaml", "dev.yaml", "segment.yaml"])
+@pytest.mark.parametrize("name", ["train.yaml", "dev.yaml", "segment.yaml", "real-cpu.yaml"])
 def test_shipped_configs_load(name):
     load_config(REPO / "configs" / name)
 
@@ -39,6 +39,7 @@ def test_overrides_are_typed():
     ("segment.threshold=-0.2", ["segment.threshold", "-0.2", "(0, 1)"]),
     ("segment.overlap=384", ["segment.overlap", "384", "tile_size"]),
     ("model.backbone=vgg16", ["model.backbone", "vgg16", "resnet50"]),
+    ("segment.tta=rot90", ["segment.tta", "rot90", "'d4'"]),
     ("train.use_gpu=maybe", ["train.use_gpu", "maybe", "true or false"]),
     ("prepare.train_ratio=0.9", ["train_ratio", "sum"]),
     ("train.lr", ["section.key=value"]),

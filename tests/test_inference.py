@@ -184,3 +184,38 @@ def test_thresholding_is_probability_at_least_threshold():
     probability = torch.tensor([[0.2, 0.45, 0.4499], [np.nan, 1.0, 0.0]], dtype=torch.float32)
     assert to_mask(probability, 0.45).tolist() == [[0, 1, 0], [255, 1, 0]]
     assert to_probability_bytes(probability).tolist() == [[51, 115, 115], [0, 255, 0]]
+
+
+@pytest.mark.parametrize("tta", ["flip", "d4"])
+def test_tta_of_a_pixelwise_model_changes_nothing(tta):
+    """A model that looks at each pixel alone sees the same pixel in every view: each view is turned back
+    onto its own tile, or the averaged probabilities would smear."""
+    rng = np.random.default_rng(4)
+    rgb = rng.integers(0, 256, (3, 150, 170), dtype=np.uint8)
+    valid = np.ones((150, 170), bool)
+    model = pixelwise_model()
+    plain, averaged = (predict_block(model, rgb, valid, tile_size=64, overlap=16, batch_size=3, tta=mode).probability
+                       for mode in ("none", tta))
+    assert torch.allclose(plain, averaged, atol=1e-6)
+
+
+def test_tta_averages_the_views_of_an_oriented_model():
+    """A model that sees the pixel to its left (its output is not symmetric): flip averages its answer with
+    the one seen mirrored (the pixel to the right), d4 with all eight neighbours' turned and mirrored views."""
+    shift = nn.Conv2d(3, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        shift.weight.zero_()
+        shift.weight[0, 0, 1, 0] = 8.0  # the red value one pixel to the left
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    valid = np.ones((64, 64), bool)
+    red = np.pad(rgb[0].astype(np.float32) / 255, 1)  # zero padding, as the convolution's
+
+    def from_neighbour(dr: int, dc: int) -> np.ndarray:
+        return 1 / (1 + np.exp(-8.0 * red[1 + dr:65 + dr, 1 + dc:65 + dc]))
+
+    expected = {"none": from_neighbour(0, -1), "flip": (from_neighbour(0, -1) + from_neighbour(0, 1)) / 2,
+                "d4": (2 * sum(from_neighbour(dr, dc) for dr, dc in ((0, -1), (0, 1), (-1, 0), (1, 0)))) / 8}
+    for tta, wanted in expected.items():
+        got = predict_block(shift, rgb, valid, tile_size=64, overlap=0, batch_size=1, tta=tta).probability
+        assert np.allclose(got.numpy(), wanted, atol=1e-5), tta

@@ -179,7 +179,7 @@ def plan_segment(inputs: list[str], checkpoint: str, output: str, cfg: Config,
                     model=dataclasses.asdict(loaded.model_cfg), input=dataclasses.asdict(cfg.input),
                     tile_size=seg.tile_size, overlap=seg.overlap, block_size=seg.block_size, threshold=threshold,
                     precision=seg.precision, gpu=seg.gpus_per_actor > 0, write_probability=seg.write_probability,
-                    write_polygons=seg.write_polygons, preview_size=seg.preview_size)
+                    write_polygons=seg.write_polygons, preview_size=seg.preview_size, tta=seg.tta)
     if model_factory is not None:
         settings["stand_in_model"] = repr(model_factory)
     output = absolute(str(output)).rstrip("/")
@@ -231,7 +231,8 @@ class BlockSegmenter:
         tiles = block_tiles(block, int(row["mosaic_width"]), int(row["mosaic_height"]), seg.tile_size, seg.overlap)
         prediction = predict_block(self.model, row["rgb"], row["valid"], tile_size=seg.tile_size,
                                    overlap=seg.overlap, batch_size=seg.batch_size, device=self.device,
-                                   precision=seg.precision, channels_last=seg.channels_last, origins=tiles)
+                                   precision=seg.precision, channels_last=seg.channels_last, tta=seg.tta,
+                                   origins=tiles)
         probability = block.crop(prediction.probability)
         clock = time.thread_time()
         mask = to_mask(probability, self.threshold)
