@@ -74,6 +74,7 @@ class Checkpoint:
     threshold: float = DEFAULT_THRESHOLD  # the decision threshold training measured with
     best_f1_threshold: float | None = None  # the validation threshold that maximised F1
     tile_size: int | None = None  # the patch size it was trained on
+    gsd_m: float | None = None  # the training imagery's ground sample distance (metres per pixel), if known
     epoch: int = 0
     metrics: dict = field(default_factory=dict)
     val_histogram: dict | None = None  # {"positives", "negatives"}: per-bin pixel counts on validation

@@ -110,12 +110,13 @@ def write_patch_set(root, counts=(("train", 24), ("val", 8), ("test", 8)), tile=
 
 # ----------------------------------------------------------------------------------------- checkpoints
 
-def tiny_checkpoint(path: Path, *, stored_backbone: str = "resnet18", seed: int = 0) -> str:
+def tiny_checkpoint(path: Path, *, stored_backbone: str = "resnet18", seed: int = 0,
+                    gsd_m: float | None = None) -> str:
     """A random-weights RefineNet-resnet18 (decoder 16) segcore checkpoint; `stored_backbone` may lie."""
     torch.manual_seed(seed)
     model = build_model("refinenet", "resnet18", 16, False)
     Checkpoint(ModelConfig(backbone=stored_backbone, decoder_width=16), InputConfig(), model.state_dict(),
-               threshold=THRESHOLD).save(str(path))
+               threshold=THRESHOLD, gsd_m=gsd_m).save(str(path))
     return str(path)
 
 

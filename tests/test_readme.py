@@ -14,6 +14,7 @@ from pathlib import Path
 
 import rasterio
 
+from segcore.checkpoint import read_checkpoint
 from tests import jobs
 from tests.conftest import REPO
 
@@ -58,6 +59,9 @@ def test_the_readme_sequence_runs_as_written(ray_local, tmp_path):
         [runnable(command) for command in commands[4:]], logs=tmp_path, cwd=tmp_path, env=env)]
     with open(tmp_path / "runs" / "dev" / "metrics.csv") as handle:  # trained 1 epoch, resumed to 2
         assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [1, 2]
+    # The checkpoint knows the ground resolution it learned from: the city's 0.5 m pixels (UTM metres).
+    stored = read_checkpoint(str(tmp_path / "runs" / "dev" / "checkpoints" / "best.pt")).checkpoint
+    assert stored is not None and stored.gsd_m is not None and abs(stored.gsd_m - 0.5) < 0.002
     evaluation = json.loads(outputs[4][outputs[4].index("{"):])
     assert evaluation["split"] == "test" and evaluation["patch_size"] == 256 and evaluation["samples"] >= 1
     pixels = sum(evaluation[k] for k in ("tp", "fp", "fn", "tn"))

@@ -7,6 +7,8 @@ Plain Python (no Ray): the training job's data loading and the prepare pipeline 
 """
 from __future__ import annotations
 
+import csv
+import io
 import struct
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
@@ -16,7 +18,7 @@ import numpy as np
 
 from segcore.config import AugmentConfig, S3Config
 from segcore.errors import InputError
-from segcore.storage import describe_error, filesystem, join, list_dir
+from segcore.storage import describe_error, exists, filesystem, join, list_dir, read_bytes
 
 if TYPE_CHECKING:
     import albumentations
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("split", "image", "label", "source_image", "source_label", "row", "col", "height", "width",
-                    "valid_fraction", "building_fraction")
+                    "valid_fraction", "building_fraction", "gsd_m")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -117,6 +119,17 @@ def list_pairs(root: str, split: str, s3: S3Config | None = None) -> list[tuple[
     if not images:
         raise InputError(f"{folders[0]}: holds no images (expected {', '.join(IMAGE_SUFFIXES)} files)")
     return [(images[stem], labels[stem]) for stem in sorted(images)]
+
+
+def training_gsd(root: str, s3: S3Config | None = None) -> float | None:
+    """The median ground sample distance (metres per pixel) of the train split's source mosaics, from
+    ROOT/manifest.csv as prepare writes it; None without a manifest (e.g. a hand-made dataset) or a CRS."""
+    path = join(root, MANIFEST)
+    if not exists(path, s3):
+        return None
+    rows = csv.DictReader(io.StringIO(read_bytes(path, s3).decode()))
+    values = [float(row["gsd_m"]) for row in rows if row["split"] == "train" and row.get("gsd_m")]
+    return float(np.median(values)) if values else None
 
 
 class PatchReader:

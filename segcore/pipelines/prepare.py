@@ -40,6 +40,7 @@ from segcore.errors import InputError
 from segcore.labels import Polygons, match_labels, open_labels
 from segcore.pipelines import init_ray
 from segcore.raster.grid import tile_starts
+from segcore.raster.ground import ground_sample_distance
 from segcore.raster.io import (
     check_imagery,
     check_readable,
@@ -77,6 +78,7 @@ class MosaicJob:
     width: int
     height: int
     squares: tuple[Square, ...]
+    gsd_m: float | None  # metres per pixel on the ground; None without a CRS
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,7 @@ def plan_dataset(images: list[str], labels: list[str], output: str, cfg: Config,
         other = stems.setdefault(_patch_stem(source.name), source.path)
         if other != source.path:
             raise InputError(f"{source.path}: has the same file stem as {other}, so their patch names would collide")
-    sizes, empty = [], []
+    sizes, gsds, empty = [], [], []
     for image, label in zip(image_paths, label_paths, strict=True):
         with open_raster(image, cfg.s3, cfg.http) as dataset:
             info = raster_info(dataset, image)
@@ -170,6 +172,7 @@ def plan_dataset(images: list[str], labels: list[str], output: str, cfg: Config,
             check_readable(dataset, image)
         with open_labels(label, info, cfg.s3) as labels:
             sizes.append((info.width, info.height))
+            gsds.append(ground_sample_distance(info.transform, info.crs, info.width, info.height))
             if isinstance(labels, Polygons) and labels.empty:
                 empty.append(f"{label}: {labels.empty_reason}")
     if len(empty) == len(label_paths):  # mosaics without buildings are negatives; a dataset needs some buildings
@@ -182,8 +185,8 @@ def plan_dataset(images: list[str], labels: list[str], output: str, cfg: Config,
     squares = [Square(row, col, height, width, split)
                for (_, row, col, height, width), split in zip(cells, splits, strict=True)]
     jobs = tuple(MosaicJob(source.path, label, _patch_stem(source.name), w, h,
-                           tuple(square for cell, square in zip(cells, squares, strict=True) if cell[0] == m))
-                 for m, (source, label, (w, h)) in enumerate(zip(sources, label_paths, sizes, strict=True)))
+                           tuple(square for cell, square in zip(cells, squares, strict=True) if cell[0] == m), gsd)
+                 for m, (source, label, (w, h), gsd) in enumerate(zip(sources, label_paths, sizes, gsds, strict=True)))
     return DatasetPlan(output, jobs, cfg, overwrite, started, block)
 
 
@@ -254,7 +257,8 @@ def _write_pair(local: str, job: MosaicJob, split: str, row: int, col: int, rgb:
     tile = mask.shape[0]
     return dict(split=split, image=image, label=label, source_image=job.image, source_label=job.label,
                 row=row, col=col, height=min(tile, job.height - row), width=min(tile, job.width - col),
-                valid_fraction=f"{valid.mean():.4f}", building_fraction=f"{mask.mean():.4f}")
+                valid_fraction=f"{valid.mean():.4f}", building_fraction=f"{mask.mean():.4f}",
+                gsd_m="" if job.gsd_m is None else f"{job.gsd_m:.4f}")
 
 
 def prepare_mosaic(job: MosaicJob, target: str, cfg: Config) -> tuple[list[dict], int]:

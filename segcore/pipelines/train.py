@@ -27,6 +27,7 @@ from segcore.checkpoint import (
     read_checkpoint,
 )
 from segcore.config import Config, config_from_dict, load_config
+from segcore.data.patches import training_gsd
 from segcore.errors import InputError
 from segcore.losses import build_loss
 from segcore.model import build_model
@@ -130,7 +131,7 @@ def train_loop(config: dict) -> None:
         step_scheduler(scheduler, val.counts.iou)
         row = _epoch_row(epoch, train_stats, val, lr, began, train_seconds, world)
         improved = progress.record(row, val.counts.iou, lambda: _cpu_state(model))
-        _report(cfg, model, optimizer, scheduler, row, progress, val if improved else None, rank)
+        _report(cfg, model, optimizer, scheduler, row, progress, val if improved else None, rank, config["gsd_m"])
         if t.early_stop_patience and progress.stale_epochs >= t.early_stop_patience:
             if rank == 0:
                 print(f"early stop at epoch {epoch}: no better val IoU for {t.early_stop_patience} epochs", flush=True)
@@ -158,7 +159,7 @@ def _test(cfg: Config, model: torch.nn.Module, best_epoch: int, best_state_dict:
 
 
 def _report(cfg: Config, model, optimizer, scheduler, row: dict, progress: Progress,
-            improved_val: EpochStats | None, rank: int) -> None:
+            improved_val: EpochStats | None, rank: int, gsd_m: float | None) -> None:
     """Rank 0 writes the run directory and hands Ray the full state; every rank calls report."""
     if rank != 0:
         ray.train.report(row)
@@ -166,8 +167,8 @@ def _report(cfg: Config, model, optimizer, scheduler, row: dict, progress: Progr
     t, epoch = cfg.train, row["epoch"]
     saved = dataclasses.replace(progress, best_state_dict=None if progress.best_epoch == epoch
                                 else progress.best_state_dict)  # the best weights are the current ones: once
-    common = dict(model=cfg.model, input=cfg.input, threshold=t.threshold, tile_size=t.tile_size, epoch=epoch,
-                  metrics=row)
+    common = dict(model=cfg.model, input=cfg.input, threshold=t.threshold, tile_size=t.tile_size, gsd_m=gsd_m,
+                  epoch=epoch, metrics=row)
     last = Checkpoint(state_dict=_cpu_state(model), **common, training=TrainingState(
         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), config=cfg.to_dict(),
         progress=vars(saved))).to_bytes()
@@ -260,7 +261,7 @@ def run_training(cfg: Config, resume: str | None = None, hooks: TrainHooks | Non
           f"{'GPU' if t.use_gpu else 'CPU'} worker(s); run directory {t.run_dir}", flush=True)
     loop_config = {"cfg": cfg.to_dict(), "resume_from": run.last if resume else None, "hooks": hooks,
                    "init_weights": ray.put(init[0]) if init else None, "train_pairs": ray.put(pairs["train"]),
-                   "splits": sorted(pairs)}
+                   "splits": sorted(pairs), "gsd_m": training_gsd(t.data_root, cfg.s3)}
     trainer = make_trainer(loop_config, cfg, datasets, f"ray-train-{time.strftime('%Y%m%d-%H%M%S')}",
                            t.run_dir)
     return dict(trainer.fit().metrics or {})

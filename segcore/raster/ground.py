@@ -47,3 +47,9 @@ def pixel_size_m(transform: Affine | tuple, crs: CRS | str | None, width: int, h
         return math.hypot(east, (lats[index] - lats[0]) * north_per_degree)
 
     return step(1), step(2)
+
+
+def ground_sample_distance(transform: Affine | tuple, crs: CRS | str | None, width: int, height: int) -> float | None:
+    """Metres per pixel on the ground: the mean of `pixel_size_m`'s two steps; None without a CRS."""
+    size = pixel_size_m(transform, crs, width, height)
+    return None if size is None else (size[0] + size[1]) / 2

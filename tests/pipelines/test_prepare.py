@@ -12,7 +12,7 @@ from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
 from segcore.config import load_config
-from segcore.data.patches import MANIFEST_COLUMNS, SPLITS, decode_image, decode_label, list_pairs
+from segcore.data.patches import MANIFEST_COLUMNS, SPLITS, decode_image, decode_label, list_pairs, training_gsd
 from segcore.errors import InputError
 from segcore.pipelines.prepare import Square, assign_splits, plan_dataset, prepare_dataset, run_plan, square_grid
 from segcore.raster.grid import tile_windows
@@ -65,6 +65,13 @@ def test_layout_counts_and_formats(raster_ds, city):
             assert image.shape == (128, 128, 3) and image.dtype == np.uint8
             assert label.shape == (128, 128) and label.dtype == np.uint8 and set(np.unique(label)) <= {0, 1}
     assert sum(float(r["building_fraction"]) for r in rows) > 0
+
+
+def test_the_manifest_records_each_mosaics_ground_sample_distance(raster_ds):
+    out, _ = raster_ds
+    gsds = {float(row["gsd_m"]) for row in manifest(out)}
+    assert len(gsds) == 1 and abs(gsds.pop() - 0.5) < 0.002  # the city's 0.5 m UTM pixels, in ground metres
+    assert abs(training_gsd(str(out)) - 0.5) < 0.002
 
 
 def test_patches_equal_their_source_windows(raster_ds, city):

@@ -287,6 +287,19 @@ def test_bad_checkpoint_or_output_stops_before_anything_runs(checkpoint, inputs,
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_trained_at_another_ground_resolution_is_warned_about(inputs, tmp_path, capsys):
+    from tests.inputs import tiny_checkpoint
+
+    for trained, warned in ((0.25, True), (0.45, False)):  # the inputs have 0.5 m pixels
+        checkpoint = tiny_checkpoint(tmp_path / f"at-{trained}.pt", gsd_m=trained)
+        plan_segment([str(inputs / "odd.tif"), str(inputs / "plain.tif")], checkpoint, str(tmp_path / "out"),
+                     config())
+        lines = [line for line in capsys.readouterr().err.splitlines() if "trained on" in line]
+        assert lines == ([f"warning: {inputs / 'odd.tif'}: 0.5 m per pixel, but the model was trained on {trained} m "
+                          "imagery: buildings look a different size than in training, so expect lower quality"]
+                         if warned else []), lines
+
+
 def test_cli_bad_checkpoint_exits_2_with_one_line(inputs, tmp_path):
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"not a checkpoint at all")
