@@ -54,12 +54,19 @@ class InputConfig:
     scale_max: float | None = None
     # Overrides the raster's own nodata value; None uses the raster's (if it has one).
     nodata: float | None = None
+    # Ground sample distance (metres per pixel) the model sees: imagery more than 5% finer or coarser is
+    # resampled to it as it is read (GDAL, bilinear), and masks are written back on the input's own grid.
+    # None: segment uses the checkpoint's training resolution (when it records one), prepare the imagery's own.
+    target_gsd: float | None = None
 
     def validate(self, at: str) -> None:
         _check(f"{at}.bands", self.bands, len(self.bands) == 3 and all(b >= 1 for b in self.bands),
                "three 1-based band indexes, e.g. [1, 2, 3]")
         if self.scale_max is not None:
             _check(f"{at}.scale_max", self.scale_max, self.scale_max > 0, "a number > 0 or null")
+        if self.target_gsd is not None:
+            _check(f"{at}.target_gsd", self.target_gsd, 0.01 <= self.target_gsd <= 100,
+                   "metres per pixel in [0.01, 100] or null")
 
 
 @dataclass

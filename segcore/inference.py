@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from segcore.model.inputs import autocast_for, prepare_input
 from segcore.raster.blend import accumulate, weight_window
@@ -134,6 +135,19 @@ def _lap(cpu: dict[str, float], step: str, since: float) -> float:
     now = time.thread_time()
     cpu[step] += now - since
     return now
+
+
+def resample_probability(probability: torch.Tensor, valid: np.ndarray) -> torch.Tensor:
+    """Probabilities [H, W] (NaN where nodata) of a resampled block, back on the block's own grid of
+    `valid.shape` (bilinear, antialiased when shrinking; nodata pixels do not bleed in), on their device.
+    NaN where `valid` is false."""
+    known = ~torch.isnan(probability)
+    both = torch.stack([torch.where(known, probability, 0.0), known.float()])[None]
+    shrinking = valid.shape[0] < probability.shape[0]
+    sums, weights = F.interpolate(both, size=valid.shape, mode="bilinear", align_corners=False,
+                                  antialias=shrinking)[0]
+    inside = torch.from_numpy(np.ascontiguousarray(valid)).to(probability.device) & (weights > 1e-6)
+    return torch.where(inside, sums / weights.clamp_min(1e-6), torch.nan).clamp_(0, 1)
 
 
 def to_mask(probability: torch.Tensor, threshold: float) -> np.ndarray:

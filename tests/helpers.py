@@ -27,11 +27,12 @@ def small_config(root, run_dir, *extra):
         *extra])
 
 
-def segment(inputs, out, checkpoint, cfg: Config, *, labels=()) -> tuple[dict, str]:
+def segment(inputs, out, checkpoint, cfg: Config, *, labels=(), model_factory=None) -> tuple[dict, str]:
     """Plan and run segment in this process; the summary and everything printed to stderr."""
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        plan = plan_segment([str(p) for p in inputs], str(checkpoint), str(out), cfg, [str(p) for p in labels])
+        plan = plan_segment([str(p) for p in inputs], str(checkpoint), str(out), cfg, [str(p) for p in labels],
+                            model_factory=model_factory)
         summary = run_segment(plan)
     return summary, err.getvalue()
 

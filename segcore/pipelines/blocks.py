@@ -48,18 +48,23 @@ class BlockReader:
     def __call__(self, row: dict) -> dict:
         started = time.process_time()
         rgb, valid, small = np.zeros((3, 0, 0), np.uint8), np.zeros((0, 0), bool), np.zeros((3, 0, 0), np.uint8)
-        error, read_s = "", 0.0
+        seen, seen_valid = rgb, valid  # what the model gets: resampled to the target ground resolution, if asked
+        error, read_s, scale = "", 0.0, float(row["gsd_scale"])
         try:
             block = block_of(row)
             with open_raster(row["path"], self.s3, self.http) as dataset:
                 rgb, valid = read_rgb(dataset, block.read_window, self.input_cfg)
+                if scale != 1:
+                    seen, seen_valid = read_rgb(dataset, block.read_window, self.input_cfg, scale)
             read_s = time.process_time() - started
             if float(row["preview_scale"]):
                 small = thumbnail(block.crop(rgb), block, float(row["preview_scale"]))
         except Exception as exc:
             error = _failure(row, exc, writing=False)
-        return dict(row, rgb=rgb, valid=valid, thumbnail=small, error=error, cpu_read=read_s,
-                    cpu_thumbnail=time.process_time() - started - read_s)
+        if scale == 1:  # the input grid's valid mask only travels when the model sees another grid
+            seen, seen_valid, valid = rgb, valid, np.zeros((0, 0), bool)
+        return dict(row, rgb=seen, valid=seen_valid, valid_native=valid, thumbnail=small, error=error,
+                    cpu_read=read_s, cpu_thumbnail=time.process_time() - started - read_s)
 
 
 class BlockWriter:

@@ -42,7 +42,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from segcore.checkpoint import load_model
 from segcore.config import DEFAULT_THRESHOLD, Config, InputConfig
 from segcore.errors import InputError
-from segcore.inference import pick_device, predict_block, to_mask, to_probability_bytes
+from segcore.inference import pick_device, predict_block, resample_probability, to_mask, to_probability_bytes
 from segcore.labels import match_labels, open_labels
 from segcore.outputs.assemble import MosaicOutputs, assemble_mosaic, remove_outputs
 from segcore.outputs.blockfile import block_file
@@ -51,7 +51,7 @@ from segcore.outputs.runlog import MosaicRun, RunLog
 from segcore.pipelines import init_ray
 from segcore.pipelines.blocks import BlockReader, BlockWriter, block_of
 from segcore.raster.grid import Block, block_tiles, segment_blocks
-from segcore.raster.ground import ground_sample_distance
+from segcore.raster.ground import ground_sample_distance, resampling_scale
 from segcore.raster.io import (
     RasterInfo,
     check_imagery,
@@ -93,6 +93,7 @@ class InputJob:
     blocks: list[Block] = field(default_factory=list)
     todo: list[int] = field(default_factory=list)  # indexes of blocks without a block file
     error: str | None = None
+    scale: float = 1.0  # model pixels per input pixel: resampled to the target ground sample distance
 
 
 @dataclass
@@ -108,6 +109,7 @@ class SegmentPlan:
     # Replaces the checkpoint's model in the inference actors: benchmarks' stand-ins only (no config reaches it).
     model_factory: Callable[[], torch.nn.Module] | None = None
     trained_gsd_m: float | None = None  # the checkpoint's training imagery's metres per pixel, when it says
+    target_gsd_m: float | None = None  # what inputs are resampled to: input.target_gsd, else trained_gsd_m
 
 
 # A model sees buildings at the size it was trained on; beyond this ratio of ground sample distances
@@ -140,8 +142,11 @@ def _finished_blocks(work: str, cfg: Config) -> set[str]:
 
 
 def _effective_input(cfg: Config, stored: InputConfig | None) -> InputConfig:
-    """The config's input section when it names anything, else the checkpoint's (fork checkpoints have none)."""
-    return cfg.input if cfg.input != InputConfig() or stored is None else stored
+    """The config's input section when it names any normalization, else the checkpoint's (fork checkpoints have
+    none); the target ground sample distance is always the config's."""
+    if dataclasses.replace(cfg.input, target_gsd=None) != InputConfig() or stored is None:
+        return cfg.input
+    return dataclasses.replace(stored, target_gsd=cfg.input.target_gsd)
 
 
 def _plan_input(job: InputJob, plan: SegmentPlan) -> None:
@@ -157,8 +162,13 @@ def _plan_input(job: InputJob, plan: SegmentPlan) -> None:
         placed = "with its ground control points" if job.info.gcps else "on the pixel grid without a CRS"
         print(f"warning: {job.path}: no georeference (CRS); its mask is written {placed}", file=sys.stderr)
     gsd = ground_sample_distance(job.info.transform, job.info.crs, job.info.width, job.info.height)
-    if gsd and plan.trained_gsd_m and max(gsd, plan.trained_gsd_m) / min(gsd, plan.trained_gsd_m) > GSD_WARNING_RATIO:
-        print(f"warning: {job.path}: {gsd:.3g} m per pixel, but the model was trained on {plan.trained_gsd_m:.3g} m "
+    job.scale = resampling_scale(gsd, plan.target_gsd_m)
+    if job.scale != 1:
+        print(f"note: {job.path}: {gsd:.3g} m per pixel, read resampled to {plan.target_gsd_m:.3g} m "
+              "(input.target_gsd); its outputs stay on its own grid", file=sys.stderr)
+    seen, trained = plan.target_gsd_m if job.scale != 1 else gsd, plan.trained_gsd_m
+    if seen and trained and max(seen, trained) / min(seen, trained) > GSD_WARNING_RATIO:
+        print(f"warning: {job.path}: the model sees {seen:.3g} m per pixel, but was trained on {trained:.3g} m "
               "imagery: buildings look a different size than in training, so expect lower quality", file=sys.stderr)
     tag = _digest([plan.settings, job.path, _identity(job.path, cfg)])[:12]
     job.work = join(plan.output, WORK_DIR, f"{job.key}-{tag}")
@@ -191,6 +201,9 @@ def plan_segment(inputs: list[str], checkpoint: str, output: str, cfg: Config,
                     tile_size=seg.tile_size, overlap=seg.overlap, block_size=seg.block_size, threshold=threshold,
                     precision=seg.precision, gpu=seg.gpus_per_actor > 0, write_probability=seg.write_probability,
                     write_polygons=seg.write_polygons, preview_size=seg.preview_size, tta=seg.tta)
+    trained_gsd = loaded.checkpoint.checkpoint.gsd_m if loaded.checkpoint.checkpoint else None
+    target_gsd = cfg.input.target_gsd or trained_gsd
+    settings["target_gsd"] = target_gsd
     if model_factory is not None:
         settings["stand_in_model"] = repr(model_factory)
     output = absolute(str(output)).rstrip("/")
@@ -199,7 +212,7 @@ def plan_segment(inputs: list[str], checkpoint: str, output: str, cfg: Config,
     except OSError as exc:
         raise InputError(describe_error(output, exc)) from None
     plan = SegmentPlan(cfg, checkpoint, output, threshold, settings, [], started_at, started_cpu, model_factory,
-                       loaded.checkpoint.checkpoint.gsd_m if loaded.checkpoint.checkpoint else None)
+                       trained_gsd, target_gsd)
     sources = expand(inputs, cfg, fail_alone=True)
     good = [source for source in sources if not source.error]
     label_paths = match_labels(good, [absolute(str(p)) for p in labels], cfg.s3) if labels else [None] * len(good)
@@ -240,12 +253,18 @@ class BlockSegmenter:
         seg = self.cfg.segment
         started, started_at = time.perf_counter(), time.time()
         block = block_of(row)
-        tiles = block_tiles(block, int(row["mosaic_width"]), int(row["mosaic_height"]), seg.tile_size, seg.overlap)
+        resampled = float(row["gsd_scale"]) != 1
+        # Tiles on the mosaic's own grid, so that blocks agree where they meet; a resampled block has a grid of
+        # its own, and its halo carries the context instead.
+        tiles = None if resampled else block_tiles(block, int(row["mosaic_width"]), int(row["mosaic_height"]),
+                                                   seg.tile_size, seg.overlap)
         prediction = predict_block(self.model, row["rgb"], row["valid"], tile_size=seg.tile_size,
                                    overlap=seg.overlap, batch_size=seg.batch_size, device=self.device,
                                    precision=seg.precision, channels_last=seg.channels_last, tta=seg.tta,
                                    origins=tiles)
-        probability = block.crop(prediction.probability)
+        on_input_grid = resample_probability(prediction.probability, row["valid_native"]) if resampled \
+            else prediction.probability
+        probability = block.crop(on_input_grid)
         clock = time.thread_time()
         mask = to_mask(probability, self.threshold)
         probability_bytes = to_probability_bytes(probability) if self.keep_probability else np.zeros(0, np.uint8)
@@ -258,13 +277,14 @@ class BlockSegmenter:
     def __call__(self, batch: dict) -> dict:
         rows = []
         for i in range(len(batch["index"])):
-            row = {name: batch[name][i] for name in batch if name not in ("rgb", "valid")}
+            row = {name: batch[name][i] for name in batch if name not in ("rgb", "valid", "valid_native")}
             result = dict(mask=np.zeros((0, 0), np.uint8), probability=np.zeros(0, np.uint8), tiles=0, skipped=0,
                           pixels=0, seconds=0.0, started_at=0.0, finished_at=0.0,
                           **{f"cpu_{step}": 0.0 for step in INFERENCE_STEPS})
             if not row["error"]:
                 try:
-                    result = self._segment({**row, "rgb": batch["rgb"][i], "valid": batch["valid"][i]})
+                    result = self._segment({**row, "rgb": batch["rgb"][i], "valid": batch["valid"][i],
+                                            "valid_native": batch["valid_native"][i]})
                 except Exception as exc:
                     row["error"] = str(exc) if isinstance(exc, InputError) else describe_error(str(row["path"]), exc)
             rows.append({**row, **result})
@@ -293,6 +313,7 @@ def _descriptors(plan: SegmentPlan) -> list[dict]:
         scale = preview_scale(job.info.width, job.info.height, seg.preview_size) if seg.preview_size else 0.0
         rows += [dict(input=number, path=job.path, dest=join(job.work, block_file(index)), error="",
                       mosaic_width=job.info.width, mosaic_height=job.info.height, preview_scale=scale,
+                      gsd_scale=job.scale,
                       **dataclasses.asdict(job.blocks[index])) for index in job.todo]
     return rows
 

@@ -53,3 +53,15 @@ def ground_sample_distance(transform: Affine | tuple, crs: CRS | str | None, wid
     """Metres per pixel on the ground: the mean of `pixel_size_m`'s two steps; None without a CRS."""
     size = pixel_size_m(transform, crs, width, height)
     return None if size is None else (size[0] + size[1]) / 2
+
+
+# Resampling costs time and softens the image; ground sample distances this close count as the same.
+GSD_TOLERANCE = 0.05
+
+
+def resampling_scale(gsd_m: float | None, target_gsd_m: float | None) -> float:
+    """Target pixels per source pixel that bring imagery of `gsd_m` to `target_gsd_m`: 1.0 when either is
+    unknown or they are within GSD_TOLERANCE of each other."""
+    if not gsd_m or not target_gsd_m or abs(gsd_m / target_gsd_m - 1) <= GSD_TOLERANCE:
+        return 1.0
+    return gsd_m / target_gsd_m

@@ -17,6 +17,7 @@ import numpy as np
 import rasterio
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.rpc import RPC
 from rasterio.windows import Window
@@ -167,32 +168,38 @@ def _read_failure(dataset, what: str, exc: RasterioIOError) -> InputError:
     return InputError(f"{name}: {what} ({_reason(exc)[:200]})")
 
 
-def read_rgb(dataset, window: Window, input_cfg: InputConfig) -> tuple[np.ndarray, np.ndarray]:
+def read_rgb(dataset, window: Window, input_cfg: InputConfig, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Read `window` (which may extend past the raster's edges) as (uint8 [3, h, w], valid bool [h, w]).
 
     Valid pixels are those GDAL's mask of any selected band marks valid, or with `input.nodata` set, those
     whose selected bands do not all equal it. Invalid pixels, and pixels outside the raster, are 0.
+    `scale` resamples as GDAL reads (bilinear; the mask nearest): h and w are the window's times `scale`.
     """
-    height, width = int(window.height), int(window.width)
+    height, width = round(int(window.height) * scale), round(int(window.width) * scale)
     rgb = np.zeros((3, height, width), np.uint8)
     valid = np.zeros((height, width), bool)
     row0, col0 = int(window.row_off), int(window.col_off)
     r0, c0 = max(row0, 0), max(col0, 0)
-    r1, c1 = min(row0 + height, dataset.height), min(col0 + width, dataset.width)
+    r1, c1 = min(row0 + int(window.height), dataset.height), min(col0 + int(window.width), dataset.width)
     if r1 <= r0 or c1 <= c0:
         return rgb, valid
     inner = Window(c0, r0, c1 - c0, r1 - r0)
+    # Where the raster's part of the window lands in the output; rounding keeps both ends on the same grid.
+    out = (slice(None), slice(round((r0 - row0) * scale), round((r1 - row0) * scale)),
+           slice(round((c0 - col0) * scale), round((c1 - col0) * scale)))
+    shape = (len(input_cfg.bands), out[1].stop - out[1].start, out[2].stop - out[2].start)
+    resampled = {} if scale == 1 else {"out_shape": shape, "resampling": Resampling.bilinear}
     nodata = input_cfg.nodata
     try:
-        raw = dataset.read(input_cfg.bands, window=inner)
+        raw = dataset.read(input_cfg.bands, window=inner, **resampled)
         if nodata is None:
-            inside = np.any(dataset.read_masks(input_cfg.bands, window=inner) > 0, axis=0)
+            masks = dataset.read_masks(input_cfg.bands, window=inner, **({} if scale == 1 else {"out_shape": shape}))
+            inside = np.any(masks > 0, axis=0)
     except RasterioIOError as exc:
         raise _read_failure(dataset, f"read failed at window {inner}", exc) from None
     if nodata is not None:
         inside = ~np.all(np.isnan(raw), axis=0) if np.isnan(nodata) else \
             ~np.all(raw == np.asarray(nodata, raw.dtype), axis=0)
-    out = (slice(None), slice(r0 - row0, r1 - row0), slice(c0 - col0, c1 - col0))
     rgb[out] = to_uint8(np.nan_to_num(raw) if raw.dtype.kind == "f" else raw, input_cfg.scale_max)
     rgb[out] *= inside
     valid[out[1:]] = inside

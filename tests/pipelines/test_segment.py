@@ -287,17 +287,21 @@ def test_bad_checkpoint_or_output_stops_before_anything_runs(checkpoint, inputs,
     assert not (tmp_path / "out").exists()
 
 
-def test_a_model_trained_at_another_ground_resolution_is_warned_about(inputs, tmp_path, capsys):
+def test_a_model_seeing_another_ground_resolution_than_it_was_trained_at_is_warned_about(inputs, tmp_path, capsys):
     from tests.inputs import tiny_checkpoint
 
-    for trained, warned in ((0.25, True), (0.45, False)):  # the inputs have 0.5 m pixels
+    odd = inputs / "odd.tif"  # 0.5 m pixels; plain.tif has no CRS, so no resolution
+    for trained, target, said in ((0.25, 0.5, f"warning: {odd}: the model sees 0.5 m per pixel, but was trained on "
+                                   "0.25 m imagery: buildings look a different size than in training, so expect "
+                                   "lower quality"),
+                                  (0.25, 0.25, f"note: {odd}: 0.5 m per pixel, read resampled to 0.25 m "
+                                   "(input.target_gsd); its outputs stay on its own grid"),
+                                  (0.49, None, None)):
         checkpoint = tiny_checkpoint(tmp_path / f"at-{trained}.pt", gsd_m=trained)
-        plan_segment([str(inputs / "odd.tif"), str(inputs / "plain.tif")], checkpoint, str(tmp_path / "out"),
-                     config())
-        lines = [line for line in capsys.readouterr().err.splitlines() if "trained on" in line]
-        assert lines == ([f"warning: {inputs / 'odd.tif'}: 0.5 m per pixel, but the model was trained on {trained} m "
-                          "imagery: buildings look a different size than in training, so expect lower quality"]
-                         if warned else []), lines
+        plan_segment([str(odd), str(inputs / "plain.tif")], checkpoint, str(tmp_path / "out"),
+                     config(*([f"input.target_gsd={target}"] if target else [])))
+        lines = [line for line in capsys.readouterr().err.splitlines() if "per pixel" in line]
+        assert lines == ([said] if said else []), lines
 
 
 def test_cli_bad_checkpoint_exits_2_with_one_line(inputs, tmp_path):
