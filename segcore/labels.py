@@ -19,6 +19,7 @@ import numpy as np
 from affine import Affine
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.errors import CRSError, RasterioIOError
 from rasterio.features import is_valid_geom, rasterize
 from rasterio.warp import transform_geom
@@ -27,7 +28,7 @@ from rasterio.windows import transform as window_transform
 
 from segcore.config import S3Config
 from segcore.errors import InputError
-from segcore.raster.io import RasterInfo, check_readable, open_raster, raster_info
+from segcore.raster.io import RasterInfo, check_readable, open_raster, raster_info, resampled_view
 from segcore.sources import Source
 from segcore.storage import RASTER_SUFFIXES, filesystem, list_dir, read_bytes
 
@@ -60,11 +61,13 @@ def match_labels(images: Sequence[Source], specs: list[str], s3: S3Config | None
     return list(specs)
 
 
-def open_labels(path: str, image: RasterInfo, s3: S3Config | None = None) -> MaskRaster | Polygons:
-    """The label source at `path` for `image`; raises InputError if it does not fit the image."""
+def open_labels(path: str, image: RasterInfo, s3: S3Config | None = None,
+                native: RasterInfo | None = None) -> MaskRaster | Polygons:
+    """The label source at `path` for `image`; raises InputError if it does not fit the image. `native`: the
+    image's own grid when `image` is a resampled view of it (a label raster fits that, and is resampled too)."""
     if PurePosixPath(path).suffix.lower() in POLYGON_SUFFIXES:
         return Polygons(path, image, s3)
-    return MaskRaster(path, image, s3)
+    return MaskRaster(path, image, s3, native)
 
 
 def _corners(transform: Affine, width: float, height: float) -> np.ndarray:
@@ -75,15 +78,17 @@ def _corners(transform: Affine, width: float, height: float) -> np.ndarray:
 class MaskRaster:
     """An 8-bit building mask on the image's grid."""
 
-    def __init__(self, path: str, image: RasterInfo, s3: S3Config | None = None):
+    def __init__(self, path: str, image: RasterInfo, s3: S3Config | None = None, native: RasterInfo | None = None):
         self.path = path
-        self.dataset = open_raster(path, s3)
+        self.dataset = self.source = open_raster(path, s3)
         try:
-            self._check(raster_info(self.dataset, path), image)
-            check_readable(self.dataset, path)
+            self._check(raster_info(self.source, path), native or image)
+            check_readable(self.source, path)
         except InputError:
-            self.dataset.close()
+            self.source.close()
             raise
+        if native is not None:  # nearest: labels stay labels
+            self.dataset = resampled_view(self.source, image.width, image.height, Resampling.nearest)
 
     @staticmethod
     def _check(info: RasterInfo, image: RasterInfo) -> None:
@@ -116,6 +121,7 @@ class MaskRaster:
 
     def close(self) -> None:
         self.dataset.close()
+        self.source.close()
 
     def __enter__(self):
         return self

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import ray
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from segcore.config import Config, PrepareConfig
@@ -40,13 +42,14 @@ from segcore.errors import InputError
 from segcore.labels import Polygons, match_labels, open_labels
 from segcore.pipelines import init_ray
 from segcore.raster.grid import tile_starts
-from segcore.raster.ground import ground_sample_distance
+from segcore.raster.ground import ground_sample_distance, resampling_scale
 from segcore.raster.io import (
     check_imagery,
     check_readable,
     open_raster,
     raster_info,
     read_rgb,
+    resampled_view,
 )
 from segcore.sources import expand
 from segcore.storage import (
@@ -78,7 +81,8 @@ class MosaicJob:
     width: int
     height: int
     squares: tuple[Square, ...]
-    gsd_m: float | None  # metres per pixel on the ground; None without a CRS
+    gsd_m: float | None  # metres per pixel on the ground of the patches; None without a CRS
+    scale: float = 1.0  # patch pixels per image pixel: resampled to input.target_gsd (width, height are after)
 
 
 @dataclass(frozen=True)
@@ -171,8 +175,10 @@ def plan_dataset(images: list[str], labels: list[str], output: str, cfg: Config,
             check_imagery(info, cfg.input)
             check_readable(dataset, image)
         with open_labels(label, info, cfg.s3) as labels:
-            sizes.append((info.width, info.height))
-            gsds.append(ground_sample_distance(info.transform, info.crs, info.width, info.height))
+            gsd = ground_sample_distance(info.transform, info.crs, info.width, info.height)
+            scale = resampling_scale(gsd, cfg.input.target_gsd)
+            sizes.append((round(info.width * scale), round(info.height * scale)))
+            gsds.append((gsd, scale) if scale == 1 else (cfg.input.target_gsd, scale))
             if isinstance(labels, Polygons) and labels.empty:
                 empty.append(f"{label}: {labels.empty_reason}")
     if len(empty) == len(label_paths):  # mosaics without buildings are negatives; a dataset needs some buildings
@@ -185,7 +191,7 @@ def plan_dataset(images: list[str], labels: list[str], output: str, cfg: Config,
     squares = [Square(row, col, height, width, split)
                for (_, row, col, height, width), split in zip(cells, splits, strict=True)]
     jobs = tuple(MosaicJob(source.path, label, _patch_stem(source.name), w, h,
-                           tuple(square for cell, square in zip(cells, squares, strict=True) if cell[0] == m), gsd)
+                           tuple(square for cell, square in zip(cells, squares, strict=True) if cell[0] == m), *gsd)
                  for m, (source, label, (w, h), gsd) in enumerate(zip(sources, label_paths, sizes, gsds, strict=True)))
     return DatasetPlan(output, jobs, cfg, overwrite, started, block)
 
@@ -227,9 +233,12 @@ def _write_patches(job: MosaicJob, local: str, cfg: Config) -> tuple[list[dict],
     rows, skipped = [], 0
     # One GDAL environment for the whole mosaic, so rasterize() does not set up its own per call (with AWS
     # variables set, each would build a boto3 session).
-    with rasterio.Env(), open_raster(job.image, cfg.s3, cfg.http) as dataset:
+    with rasterio.Env(), open_raster(job.image, cfg.s3, cfg.http) as source, contextlib.ExitStack() as views:
+        native = raster_info(source, job.image)
+        dataset = source if job.scale == 1 else views.enter_context(
+            resampled_view(source, job.width, job.height, Resampling.bilinear))
         info = raster_info(dataset, job.image)
-        with open_labels(job.label, info, cfg.s3) as labels:
+        with open_labels(job.label, info, cfg.s3, native=None if job.scale == 1 else native) as labels:
             for square in job.squares:
                 tops, lefts = square_grid(square, job.width, job.height, tile, overlap)
                 for row in tops:

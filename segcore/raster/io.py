@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.rpc import RPC
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from segcore.config import HTTPConfig, InputConfig, S3Config
@@ -126,6 +128,17 @@ def raster_info(dataset, path: str) -> RasterInfo:
     return RasterInfo(path, dataset.width, dataset.height, dataset.count, dataset.dtypes[0], crs,
                       transform, dataset.nodata, gcps, gcp_crs.to_wkt() if gcp_crs else None,
                       dataset.rpcs.to_dict() if dataset.rpcs else None)
+
+
+def resampled_view(dataset, width: int, height: int, resampling: Resampling):
+    """`dataset` seen on a width x height grid over the same ground (GDAL's warper), as a dataset. Masked
+    pixels stay masked: through the nodata value, or an alpha band when the raster's mask is another kind."""
+    transform = dataset.transform * Affine.scale(dataset.width / width, dataset.height / height)
+    flags = dataset.mask_flag_enums  # an alpha band comes along as the view's own alpha band
+    mask_band = not any(MaskFlags.alpha in f for f in flags) and \
+        any(MaskFlags.all_valid not in f and MaskFlags.nodata not in f for f in flags)
+    return WarpedVRT(dataset, crs=dataset.crs, transform=transform, width=width, height=height,
+                     resampling=resampling, add_alpha=mask_band)
 
 
 def write_ground_control(dataset, info: RasterInfo) -> None:

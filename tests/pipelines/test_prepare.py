@@ -353,3 +353,26 @@ def test_imagery_too_small_for_three_splits_is_one_line_naming_split_block(geoti
                                 "the imagery only 2 square(s), too few for train, val, test; give more imagery or "
                                 "set a split's ratio to 0")
     assert not (tmp_path / "ds").exists()
+
+
+def test_target_gsd_cuts_patches_from_the_mosaic_resampled_to_it(city, raster_ds, ray_local, tmp_path):
+    """The 0.5 m city prepared at 1.0 m: a quarter of the pixels, image and labels on the same coarse grid
+    (a label raster resampled, polygons burned on it), and the manifest says 1.0 m."""
+    datasets = {}
+    for name, labels in (("raster", city.labels), ("polygons", city.buildings)):
+        out = tmp_path / name
+        summary = prepare_dataset([str(city.image)], [str(labels)], str(out), config("input.target_gsd=1.0"))
+        datasets[name] = manifest(out)
+        assert len(datasets[name]) + summary.skipped_nodata == len(tile_windows(500, 350, 128, 0, pad_end=True))
+        assert {float(row["gsd_m"]) for row in datasets[name]} == {1.0} and training_gsd(str(out)) == 1.0
+    with rasterio.open(city.image) as src:
+        for row in datasets["raster"]:
+            r, c = int(row["row"]), int(row["col"])
+            image = decode_image((tmp_path / "raster" / row["image"]).read_bytes(), row["image"])
+            coarse = src.read(window=Window(2 * c, 2 * r, 256, 256), out_shape=(3, 128, 128), boundless=True,
+                              resampling=rasterio.enums.Resampling.bilinear).transpose(1, 2, 0)
+            h, w = int(row["height"]), int(row["width"])
+            assert np.abs(image[:h, :w].astype(int) - coarse[:h, :w]).mean() < 1  # same ground (0.5 px off: 3.6)
+            from_raster, from_polygons = (decode_label((tmp_path / name / row["label"]).read_bytes(), row["label"])
+                                          for name in ("raster", "polygons"))
+            assert (from_raster != from_polygons).mean() < 0.03  # edge pixels only

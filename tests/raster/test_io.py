@@ -9,12 +9,20 @@ import pytest
 import rasterio
 import rasterio.shutil
 from rasterio.control import GroundControlPoint
+from rasterio.enums import Resampling
 from rasterio.rpc import RPC
 from rasterio.windows import Window
 
 from segcore.config import HTTPConfig, InputConfig
 from segcore.errors import InputError
-from segcore.raster.io import check_readable, inspect_raster, open_raster, read_rgb, write_ground_control
+from segcore.raster.io import (
+    check_readable,
+    inspect_raster,
+    open_raster,
+    read_rgb,
+    resampled_view,
+    write_ground_control,
+)
 from tests.conftest import TEST_TRANSFORM, UTM_33N, write_geotiff
 
 RGB = np.random.default_rng(0).integers(1, 255, (3, 40, 60), dtype=np.uint8)  # no pixel is 0
@@ -228,3 +236,32 @@ def test_http_timeout_holds_for_reads_after_opening(http_files, served):
     url = f"{http_files.http}/slowtail/big-{served}"  # answers at once for the header, late for the pixels
     with open_raster(url, http=QUICK) as dataset, pytest.raises(InputError, match=rf"^{url}: read failed at window"):
         read_rgb(dataset, Window(128, 128, 128, 128), InputConfig())
+
+
+def _doubled(mask: np.ndarray) -> np.ndarray:
+    return mask.repeat(2, axis=0).repeat(2, axis=1)
+
+
+@pytest.mark.parametrize("kind", ["alpha", "internal mask", "nodata"])
+def test_resampled_reads_keep_the_mask_on_the_new_grid(kind, tmp_path):
+    """Reading at twice the resolution, by window (read_rgb's scale) or through a resampled view of the whole
+    raster (resampled_view): the hole is the same ground, now 2 x 2 pixels each."""
+    path = tmp_path / "in.tif"
+    if kind == "alpha":
+        alpha = np.where(hole(), 0, 255).astype(np.uint8)
+        write_geotiff(path, np.concatenate([RGB, alpha[None]]), photometric="RGB", alpha="YES")
+    elif kind == "internal mask":
+        write_masked(path, internal=True)
+    else:
+        write_geotiff(path, np.where(hole(), 0, RGB).astype(np.uint8), nodata=0)
+    with open_raster(str(path)) as dataset:
+        rgb, valid = read_rgb(dataset, Window(0, 0, 60, 40), InputConfig(), scale=2.0)
+        with resampled_view(dataset, 120, 80, Resampling.bilinear) as view:
+            assert view.transform.a == pytest.approx(dataset.transform.a / 2) and view.crs == dataset.crs
+            view_rgb, view_valid = read_rgb(view, Window(0, 0, 120, 80), InputConfig())
+    for pixels, mask in ((rgb, valid), (view_rgb, view_valid)):
+        assert pixels.shape == (3, 80, 120) and np.array_equal(mask, ~_doubled(hole()))
+        assert not pixels[:, ~mask].any()
+        inside = _doubled(~hole())
+        inside[1:-1] &= inside[:-2] & inside[2:]  # away from the hole's rim, where bilinear mixes in masked pixels
+        assert np.abs(pixels[:, inside].astype(int).mean() - RGB[:, ~hole()].mean()) < 3
