@@ -6,9 +6,10 @@ preview out.
    and open and check each one (a bad one is recorded as failed; the others go on), plan its blocks and find
    those an earlier run finished.
 2. Stream (`run_segment`), one row per unfinished block, through stages sized separately:
-       read + decode   CPU actors (`blocks.BlockReader`), as many as the CPUs allow (segment.readers)
-       infer           inference actors (`BlockSegmenter`, one per GPU): forward passes, blending and
-                       thresholding on the device; compact uint8 results back
+       read + decode   CPU actors (`blocks.BlockReader`), as many as the CPUs allow (segment.readers); a
+                       mosaic of another ground resolution than the model's is read resampled to it
+       infer           inference actors (`BlockSegmenter`, one per GPU): forward passes, blending (back on
+                       the mosaic's grid when resampled) and thresholding on the device; compact uint8 results
        write           CPU actors (`blocks.BlockWriter`, segment.writers): the block file, with the block's
                        building vectors when footprints are on
    A block file's name depends only on the raster, the block and the settings that change it, so a rerun
