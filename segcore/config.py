@@ -54,7 +54,7 @@ class InputConfig:
     scale_max: float | None = None
     # Overrides the raster's own nodata value; None uses the raster's (if it has one).
     nodata: float | None = None
-    # Ground sample distance (metres per pixel) the model sees: imagery more than 5% finer or coarser is
+    # Ground sample distance (metres per pixel) the model sees: imagery over 1.25x finer or coarser is
     # resampled to it as it is read (GDAL, bilinear), and masks are written back on the input's own grid.
     # None: segment uses the checkpoint's training resolution (when it records one), prepare the imagery's own.
     target_gsd: float | None = None
