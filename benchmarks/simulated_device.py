@@ -50,10 +50,21 @@ def read_busy_log(path: str | os.PathLike) -> list[tuple[float, float, int]]:
         return sorted((float(a), float(b), int(n)) for a, b, n in (line.split() for line in log if line.strip()))
 
 
-def busy_fraction(passes: list[tuple[float, float, int]], skip: float = 0.0) -> float:
-    """Device-busy time over the span from the first pass's start to the last pass's end, leaving out the first
-    and last `skip` share of the passes (start-up and tail) for a steady-state figure."""
+def _steady(passes: list[tuple[float, float, int]], skip: float) -> tuple[list[tuple[float, float, int]], float]:
+    """The passes without the first and last `skip` share of them (start-up and tail), and their span in s."""
     cut = int(len(passes) * skip)
     kept = passes[cut:len(passes) - cut] if cut else passes
-    span = kept[-1][1] - kept[0][0]
+    return kept, kept[-1][1] - kept[0][0]
+
+
+def busy_fraction(passes: list[tuple[float, float, int]], skip: float = 0.0) -> float:
+    """Device-busy time over the span from the first pass's start to the last pass's end, leaving out the first
+    and last `skip` share of the passes for a steady-state figure."""
+    kept, span = _steady(passes, skip)
     return sum(end - start for start, end, _ in kept) / span if span > 0 else 0.0
+
+
+def tiles_per_s(passes: list[tuple[float, float, int]], skip: float = 0.0) -> float:
+    """Tiles the device was given per second over the same span."""
+    kept, span = _steady(passes, skip)
+    return sum(tiles for _, _, tiles in kept) / span if span > 0 else 0.0

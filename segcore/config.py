@@ -225,10 +225,12 @@ class SegmentConfig:
     torch_threads: int = 0  # intra-op threads per CPU actor; 0 = cpus_per_actor
     # The CPU stages around inference scale with the CPUs, not with the GPUs: block readers (read and decode)
     # and writers (block files, building vectors) are actor pools of up to this many (0: half each of the
-    # cluster's CPUs beyond the inference actors and one assembly task), and each mosaic is assembled by a task
-    # of its own.
+    # cluster's CPUs beyond the inference actors and the assemblers). Assemblers build mosaics' outputs from
+    # their block files as they are written, several mosaics each; more of them pay when many mosaics stream
+    # at GPU speed.
     readers: int = 0
     writers: int = 0
+    assemblers: int = 1
     cpus_per_reader: float = 0.5
     cpus_per_writer: float = 0.5
     cpus_per_assembly: float = 1.0
@@ -257,6 +259,7 @@ class SegmentConfig:
         _check(f"{at}.torch_threads", self.torch_threads, self.torch_threads >= 0, "an integer >= 0")
         for name in ("readers", "writers"):
             _check(f"{at}.{name}", getattr(self, name), getattr(self, name) >= 0, "an integer >= 0 (0: from the CPUs)")
+        _check(f"{at}.assemblers", self.assemblers, self.assemblers >= 1, "an integer >= 1")
         for name in ("cpus_per_reader", "cpus_per_writer", "cpus_per_assembly"):
             _check(f"{at}.{name}", getattr(self, name), getattr(self, name) > 0, "a number > 0")
         _check(f"{at}.preview_size", self.preview_size, self.preview_size >= 0, "an integer >= 0")

@@ -67,14 +67,17 @@ def _forward(model: nn.Module, tiles: torch.Tensor, device: torch.device, precis
     started = time.thread_time()
     memory_format = torch.channels_last if tiles.is_contiguous(memory_format=torch.channels_last) \
         else torch.contiguous_format
-    total = torch.zeros((tiles.shape[0], *tiles.shape[2:]), dtype=torch.float32, device=tiles.device)
+    total: torch.Tensor | None = None
     with torch.inference_mode(), autocast_for(device, precision):
         for turns, mirrored in views:
-            view = torch.rot90(tiles.flip(-1) if mirrored else tiles, turns, (-2, -1))
-            probability = torch.rot90(model(view.contiguous(memory_format=memory_format))[:, 0].float().sigmoid(),
-                                      -turns, (-2, -1))
-            total += probability.flip(-1) if mirrored else probability
-    return total / len(views), time.thread_time() - started
+            view = tiles.flip(-1) if mirrored else tiles
+            view = torch.rot90(view, turns, (-2, -1)) if turns else view  # rot90 by 0 would copy
+            probability = model(view.contiguous(memory_format=memory_format))[:, 0].float().sigmoid()
+            probability = torch.rot90(probability, -turns, (-2, -1)) if turns else probability
+            probability = probability.flip(-1) if mirrored else probability
+            total = probability if total is None else total + probability
+    assert total is not None, "no views"
+    return total / len(views) if len(views) > 1 else total, time.thread_time() - started
 
 
 def predict_block(model: nn.Module, rgb: np.ndarray, valid: np.ndarray, *, tile_size: int, overlap: int,

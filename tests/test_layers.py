@@ -71,8 +71,8 @@ def test_no_import_runs_up_the_layers(layer, above):
 
 def test_the_cpu_stages_of_the_pipelines_stay_torch_free():
     """Their Ray workers start in seconds only without torch (and torchvision's torch._dynamo)."""
-    for module in ("segcore.pipelines.blocks", "segcore.data.patches", "segcore.outputs.blockfile",
-                   "segcore.outputs.preview", "segcore.raster.io"):
+    for module in ("segcore.pipelines.blocks", "segcore.pipelines.assembly", "segcore.data.patches",
+                   "segcore.outputs.blockfile", "segcore.outputs.preview", "segcore.raster.io"):
         seen, todo = set(), [module]
         while todo:
             current = todo.pop()

@@ -7,7 +7,9 @@
     OUT/<key>/metrics.json   pixel, tile and building counts; with labels, pixel and object metrics
 
 Every file appears under its final name only once complete, and mask.tif last: a mosaic whose mask.tif
-exists is complete. Ray-free: the segment pipeline runs `assemble_mosaic` as a Ray task per mosaic.
+exists is complete. `MosaicAssembly` takes the blocks as they are written, in any order, so that a mosaic is
+assembled while the stream goes on and only its last blocks and the COG's finish remain after it. Ray-free:
+the segment pipeline runs it in its assembly actors (`pipelines.assembly`).
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -47,7 +50,6 @@ class MosaicOutputs:
     work: str  # the folder of its block files
     out: str  # OUT/<key>
     labels: str | None = None  # ground truth: a mask raster on its grid, or polygons
-    run: dict = field(default_factory=dict, hash=False)  # what this run did for it (blocks computed, rates)
 
 
 def remove_outputs(mosaic: MosaicOutputs, cfg: Config) -> None:
@@ -117,9 +119,9 @@ class _Assembly:
             with self.ledger("preview"):
                 self.canvas.add(block, result.thumbnail, mask)
 
-    def metrics(self) -> dict:
+    def metrics(self, run: dict) -> dict:
         info, totals = self.mosaic.info, self.totals
-        metrics = dict(self.mosaic.run, width=info.width, height=info.height, georeferenced=info.georeferenced,
+        metrics = dict(run, width=info.width, height=info.height, georeferenced=info.georeferenced,
                        pixels=info.width * info.height, valid_pixels=totals["valid"],
                        tiles=dict(computed=totals["tiles"], skipped_nodata=totals["skipped"]),
                        building_pixels=totals["building"],
@@ -129,12 +131,13 @@ class _Assembly:
             metrics.update(labels=self.mosaic.labels, **self.confusion.summary())
         return metrics
 
-    def publish(self) -> dict:
-        """Finish every output and publish it, mask.tif last; the metrics, as metrics.json holds them."""
+    def publish(self, run: dict) -> dict:
+        """Finish every output and publish it, mask.tif last; the metrics, as metrics.json holds them, with `run`
+        (what this run did for the mosaic) first."""
         cfg, out = self.cfg, self.mosaic.out
         with self.ledger("cog"):
             files = {name: writer.finish() for name, writer in self.writers.items()}
-        metrics = self.metrics()
+        metrics = self.metrics(run)
         if self.footprints is not None:
             with self.ledger("footprints"):
                 vectors = self.footprints.finish()
@@ -160,20 +163,54 @@ class _Assembly:
             self.truth.close()
 
 
-def assemble_mosaic(mosaic: MosaicOutputs, cfg: Config) -> dict:
-    """Stream `mosaic`'s block files into its outputs, publishing mask.tif last; returns its metrics (with the CPU
-    seconds each step of the assembly took, `assembly_cpu_s`)."""
-    started_at = time.time()
-    local = tempfile.mkdtemp(prefix="segcore-assemble-")
-    assembly, failed = None, True
+class MosaicAssembly:
+    """One mosaic's assembly, fed the indexes of its written blocks in any order (`add_ready`): each block is added
+    once every block before it in plan order has been (the building counter and the footprints need plan order),
+    so memory stays flat. `publish` once all are in; `close` always."""
+
+    def __init__(self, mosaic: MosaicOutputs, cfg: Config):
+        self.started_at = time.time()
+        self.local = tempfile.mkdtemp(prefix="segcore-assemble-")
+        try:
+            self.assembly = _Assembly(mosaic, cfg, self.local)
+        except BaseException:
+            shutil.rmtree(self.local, ignore_errors=True)
+            raise
+        self.ready: set[int] = set()
+        self.added = 0  # blocks added, a prefix of mosaic.blocks
+
+    def add_ready(self, indexes: Iterable[int]) -> None:
+        blocks = self.assembly.mosaic.blocks
+        self.ready.update(indexes)
+        while self.added < len(blocks) and blocks[self.added].index in self.ready:
+            self.ready.discard(blocks[self.added].index)
+            self.assembly.add(blocks[self.added])
+            self.added += 1
+
+    def publish(self, run: dict) -> dict:
+        """Publish the outputs (every block must be in); the metrics, with the assembly's start and end times."""
+        mosaic = self.assembly.mosaic
+        if self.added < len(mosaic.blocks):  # a driver bug, never a partial mosaic published
+            raise RuntimeError(f"{mosaic.out}: {len(mosaic.blocks) - self.added} of {len(mosaic.blocks)} blocks "
+                               "were never added to the assembly")
+        metrics = self.assembly.publish(run)
+        return dict(metrics, assembly_started_at=self.started_at, assembly_finished_at=time.time())
+
+    def close(self, failed: bool) -> None:
+        try:
+            self.assembly.close(failed)
+        finally:
+            shutil.rmtree(self.local, ignore_errors=True)
+
+
+def assemble_mosaic(mosaic: MosaicOutputs, cfg: Config, run: dict) -> dict:
+    """Every block file of `mosaic` (all written) into its outputs, mask.tif last; its metrics, as
+    MosaicAssembly.publish returns them."""
+    assembly, failed = MosaicAssembly(mosaic, cfg), True
     try:
-        assembly = _Assembly(mosaic, cfg, local)
-        for block in mosaic.blocks:
-            assembly.add(block)
-        metrics = assembly.publish()
+        assembly.add_ready(block.index for block in mosaic.blocks)
+        metrics = assembly.publish(run)
         failed = False
-        return dict(metrics, assembly_started_at=started_at, assembly_finished_at=time.time())
+        return metrics
     finally:
-        if assembly is not None:
-            assembly.close(failed)
-        shutil.rmtree(local, ignore_errors=True)
+        assembly.close(failed)

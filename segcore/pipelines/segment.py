@@ -14,13 +14,12 @@ preview out.
                        building vectors when footprints are on
    A block file's name depends only on the raster, the block and the settings that change it, so a rerun
    skips what is done.
-3. Assemble: as soon as a mosaic's last block is written, a Ray task (`outputs.assemble.assemble_mosaic`)
-   streams its block files into its outputs, mask.tif last, while the stream goes on with the next mosaics.
-   The driver only orchestrates; OUT/summary.json sums the run.
+3. Assemble (`pipelines.assembly`): assembly actors take each mosaic's block files as they are written and
+   build its outputs beside the stream, publishing them (mask.tif last) once its last block is in. The driver
+   only orchestrates; OUT/summary.json sums the run.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -45,11 +44,12 @@ from segcore.config import DEFAULT_THRESHOLD, Config, InputConfig
 from segcore.errors import InputError
 from segcore.inference import pick_device, predict_block, resample_probability, to_mask, to_probability_bytes
 from segcore.labels import match_labels, open_labels
-from segcore.outputs.assemble import MosaicOutputs, assemble_mosaic, remove_outputs
+from segcore.outputs.assemble import MosaicOutputs, remove_outputs
 from segcore.outputs.blockfile import block_file
 from segcore.outputs.preview import preview_scale
 from segcore.outputs.runlog import MosaicRun, RunLog
 from segcore.pipelines import init_ray
+from segcore.pipelines.assembly import Assemblies
 from segcore.pipelines.blocks import BlockReader, BlockWriter, block_of
 from segcore.raster.grid import Block, block_tiles, segment_blocks
 from segcore.raster.ground import ground_sample_distance, resampling_scale
@@ -95,6 +95,11 @@ class InputJob:
     todo: list[int] = field(default_factory=list)  # indexes of blocks without a block file
     error: str | None = None
     scale: float = 1.0  # model pixels per input pixel: resampled to the target ground sample distance
+
+    def written_before(self) -> list[int]:
+        """Indexes of the blocks an earlier run wrote."""
+        todo = set(self.todo)
+        return [block.index for block in self.blocks if block.index not in todo]
 
 
 @dataclass
@@ -327,9 +332,9 @@ def _pool_size(setting: int, cpus_each: float, spare: float) -> int:
 def _dataset(plan: SegmentPlan, items: list[dict]):
     cfg = plan.cfg
     seg = cfg.segment
-    # Readers and writers share the CPUs beside the inference actors and one assembly task, so that a mosaic's
-    # assembly can start while the stream runs instead of waiting for the pools to wind down.
-    reserved = seg.actors * seg.cpus_per_actor + seg.cpus_per_assembly
+    # Readers and writers share the CPUs beside the inference actors and the assemblers, so that mosaics are
+    # assembled while the stream runs instead of after the pools wind down.
+    reserved = seg.actors * seg.cpus_per_actor + seg.assemblers * seg.cpus_per_assembly
     spare = max(0.0, ray.cluster_resources().get("CPU", 1.0) - reserved) / 2
     readers = _pool_size(seg.readers, seg.cpus_per_reader, spare)
     writers = _pool_size(seg.writers, seg.cpus_per_writer, spare)
@@ -358,46 +363,9 @@ def _report(metrics: dict) -> str:
     return text + f" -> {metrics['output']}/mask.tif"
 
 
-class _Assemblies:
-    """The mosaics' assembly tasks: started as each mosaic's last block is written, collected as they end."""
-
-    def __init__(self, plan: SegmentPlan, log: RunLog):
-        self.plan, self.log = plan, log
-        self.task = ray.remote(assemble_mosaic).options(num_cpus=plan.cfg.segment.cpus_per_assembly)
-        self.running: dict = {}  # ObjectRef -> job number
-        self.results: dict[int, dict] = {}
-
-    def start(self, number: int) -> None:
-        job = self.plan.jobs[number]
-        run = dict(input=job.path, output=job.out, **self.log.mosaics[number].metrics(self.plan.threshold))
-        self.running[self.task.remote(_outputs(job, run), self.plan.cfg)] = number
-
-    def collect(self, wait: bool = False) -> None:
-        if not self.running:
-            return
-        done, _ = ray.wait(list(self.running), num_returns=len(self.running) if wait else 1,
-                           timeout=None if wait else 0)
-        for ref in done:
-            number = self.running.pop(ref)
-            job = self.plan.jobs[number]
-            try:
-                self.results[number] = ray.get(ref)
-                self.log.assembled(number, self.results[number])
-                print(_report(self.results[number]), flush=True)
-            except ray.exceptions.RayTaskError as exc:  # one input's failed assembly must not stop the others
-                cause = exc.cause
-                job.error = str(cause) if isinstance(cause, InputError) else describe_error(
-                    job.out, cause if isinstance(cause, BaseException) else exc)
-                # Outputs published before the failure (prob.tif, footprints, ...) are a partial set. Removing
-                # them may fail too when the output store is what failed: the next run deletes them then.
-                with contextlib.suppress(Exception):
-                    remove_outputs(_outputs(job), self.plan.cfg)
-                print(f"error: {job.error}", file=sys.stderr, flush=True)
-
-
-def _outputs(job: InputJob, run: dict | None = None) -> MosaicOutputs:
+def _outputs(job: InputJob) -> MosaicOutputs:
     assert job.info is not None
-    return MosaicOutputs(job.info, job.key, tuple(job.blocks), job.work, job.out, job.labels, run or {})
+    return MosaicOutputs(job.info, job.key, tuple(job.blocks), job.work, job.out, job.labels)
 
 
 def run_segment(plan: SegmentPlan) -> dict:
@@ -410,11 +378,28 @@ def run_segment(plan: SegmentPlan) -> dict:
     pending = {n: len(job.todo) for n, job in enumerate(plan.jobs) if not job.error}
     log = RunLog({n: MosaicRun(job.key, len(job.blocks), len(job.todo)) for n, job in enumerate(plan.jobs)},
                  plan.started_at)
-    assemblies = _Assemblies(plan, log)
+    results: dict[int, dict] = {}
+
+    def assembled(number: int, metrics: dict) -> None:
+        results[number] = metrics
+        log.assembled(number, metrics)
+        print(_report(metrics), flush=True)
+
+    def failed(number: int, message: str) -> None:
+        plan.jobs[number].error = message
+        print(f"error: {message}", file=sys.stderr, flush=True)
+
+    assemblies = Assemblies(cfg, min(cfg.segment.assemblers, max(1, len(pending))),
+                            lambda number: _outputs(plan.jobs[number]), assembled, failed)
+
+    def finish(number: int) -> None:
+        job = plan.jobs[number]
+        assemblies.finish(number, dict(input=job.path, output=job.out, **log.mosaics[number].metrics(plan.threshold)))
+
     for number in pending:
         remove_outputs(_outputs(plan.jobs[number]), cfg)
     for number in [n for n, count in pending.items() if count == 0]:
-        assemblies.start(number)
+        finish(number)
     items = _descriptors(plan)
     try:
         for row in (_dataset(plan, items).iter_rows() if items else ()):
@@ -422,23 +407,28 @@ def run_segment(plan: SegmentPlan) -> dict:
             job = plan.jobs[number]
             if not row["error"]:
                 log.block_done(number, row, STREAM_STAGES)
+                if not job.error:
+                    assemblies.ready(number, [int(row["index"])], job.written_before)
             elif not job.error:
                 job.error = str(row["error"])
+                assemblies.abandon(number)
                 print(f"error: {job.error}", file=sys.stderr, flush=True)
             pending[number] -= 1
             if pending[number] == 0 and not job.error:
-                assemblies.start(number)
+                finish(number)
             assemblies.collect()
     except Exception as exc:
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         for number, count in pending.items():
             if count > 0 and not plan.jobs[number].error:
                 plan.jobs[number].error = f"{plan.jobs[number].path}: segmentation pipeline failed ({reason})"
+                assemblies.abandon(number)
                 print(f"error: {plan.jobs[number].error}", file=sys.stderr, flush=True)
     log.end_progress()
     assemblies.collect(wait=True)
+    assemblies.close()
     log.ledger["driver"] = time.process_time() - plan.started_cpu
-    return _summary(plan, log, assemblies.results)
+    return _summary(plan, log, results)
 
 
 def _summary(plan: SegmentPlan, log: RunLog, results: dict[int, dict]) -> dict:

@@ -86,12 +86,6 @@ def actors(sim, since: float) -> dict[str, set[str]]:
     return found
 
 
-def task_nodes(sim, name: str) -> set[str]:
-    """Node ids on which tasks named `name` ran (Ray's task events)."""
-    return {event.state_updates.node_id.hex() for event in sim.cluster.global_state._get_all_task_events()
-            if event.task_info.name == name and event.state_updates.node_id}
-
-
 @pytest.fixture(scope="module")
 def scene(sim, cities, tiny_checkpoint, s3_server, tmp_path_factory):
     """On S3: a 384 x 256 city (12 blocks of 128 with the SEG tiles), the tiny checkpoint and a patch set."""
@@ -152,10 +146,9 @@ def placed_segment(sim, scene, tmp_path_factory):
     node's): its mask and where Ray placed its work."""
     out, log, since = tmp_path_factory.mktemp("placed") / "out", tmp_path_factory.mktemp("log") / "log", time.time()
     finish(start_job(sim, "segment", *segment_args(scene, str(out), "storage.shared_fs=true"), log=log), log)
-    # Workers report task events to the GCS every second or so: the assembly's may still be on its way.
-    assert wait_for(lambda: task_nodes(sim, "assemble_mosaic"), timeout=30, every=0.5)
-    return SimpleNamespace(mask=(out / "city" / "mask.tif").read_bytes(), actors=actors(sim, since),
-                           assembly=task_nodes(sim, "assemble_mosaic"))
+    placed = actors(sim, since)
+    return SimpleNamespace(mask=(out / "city" / "mask.tif").read_bytes(), actors=placed,
+                           assembly={node for name, nodes in placed.items() if "Assembler" in name for node in nodes})
 
 
 def test_segment_runs_inference_on_the_gpu_nodes_and_the_cpu_stages_beside_it(sim, placed_segment):

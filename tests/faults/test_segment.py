@@ -141,26 +141,39 @@ def test_refused_s3_credentials_segment_input_fails_alone_output_stops_the_job(r
     one_line_error(info.value, f"s3://{refusing_s3.bucket}/out: access denied")
 
 
-def test_killed_segment_actor_is_restarted_and_the_mask_is_identical(good, reference_mask, checkpoint, ray_local,
-                                                                      tmp_path):
+@pytest.mark.parametrize("actor", ["BlockSegmenter", "Assembler"])
+def test_killed_segment_actor_is_restarted_and_the_mask_is_identical(actor, good, reference_mask, checkpoint,
+                                                                      ray_local, tmp_path):
+    """An inference actor killed mid-run is restarted and its block computed again; an assembler killed mid-run
+    is restarted empty, and the mosaic it held is assembled again from its block files."""
     from ray._private import state
 
     out = tmp_path / "out"
-    plan = plan_segment([str(good)], checkpoint, str(out), seg_config())
+    # Half a CPU each for the inference actor and the assembler: with a reader and a writer, the 2 CPUs hold all
+    # four at once, so the assembler works beside the stream.
+    cfg = seg_config("segment.cpus_per_actor=0.5", "segment.cpus_per_assembly=0.5")
+    plan = plan_segment([str(good)], checkpoint, str(out), cfg)
     started_ms = time.time() * 1000
+
+    def alive() -> list[dict]:
+        return [a for a in state.actors().values() if actor in a["ActorClassName"] and a["State"] == "ALIVE"
+                and a["StartTime"] >= started_ms]
+
     thread, result = run_in_thread(plan)
-    assert wait_for(lambda: block_files(out, "good") or not thread.is_alive())
-    pool = [a for a in state.actors().values() if "BlockSegmenter" in a["ActorClassName"] and a["State"] == "ALIVE"
-            and a["StartTime"] >= started_ms]
+    assert wait_for(lambda: (block_files(out, "good") and alive()) or not thread.is_alive())
+    pool = alive()
     assert len(pool) == 1, pool
     os.kill(pool[0]["Pid"], signal.SIGKILL)  # the actor process dies, as on an OOM kill or a lost node
     done_at_kill = len(block_files(out, "good"))
     thread.join(timeout=600)
     assert "exception" not in result, result.get("exception")
     assert 0 < done_at_kill < GOOD_BLOCKS
-    assert state.actors()[pool[0]["ActorID"]]["NumRestarts"] >= 1  # Ray Data's default: max_restarts=-1
+    assert state.actors()[pool[0]["ActorID"]]["NumRestarts"] >= 1  # max_restarts=-1 (Ray Data's default)
     summary = result["summary"]
     assert summary["ok"] == 1 and not error_lines(result["err"]), result["err"]
+    if actor == "Assembler":
+        assert f"note: {out / 'good'}: its assembler was lost; assembling it again from its block files" in \
+            result["err"], result["err"]
     metrics = json.loads((out / "good" / "metrics.json").read_text())
     assert metrics["blocks"] == {"total": GOOD_BLOCKS, "computed": GOOD_BLOCKS, "reused": 0}
     assert (out / "good" / "mask.tif").read_bytes() == reference_mask
