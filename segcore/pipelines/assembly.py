@@ -101,18 +101,26 @@ class Assemblies:
         self.cls = ray.remote(Assembler).options(num_cpus=cpus, max_restarts=-1)
         self.task = ray.remote(assemble_mosaic).options(num_cpus=cpus)
         self.count = count
-        # Started when the first mosaic needs one, so that Ray Data's pools get their CPUs first.
-        self.actors: list[ActorHandle] = []
+        self.actors: list[ActorHandle] = []  # see start()
         self.owner: dict[int, ActorHandle] = {}  # mosaic number -> its assembler, until it is finished
         self.finishing: dict[ray.ObjectRef, _Finishing] = {}
 
-    def _least_busy(self) -> ActorHandle:
-        if len(self.actors) < self.count:
+    def start(self) -> None:
+        """Start the assemblers now, so that the first mosaic's assembly does not wait for a process to start.
+        Only where the CPUs hold them beside the first actor of each of the stream's pools: an assembler holding
+        CPUs that an inference actor waits for would stop the stream for good. Otherwise each starts when a
+        mosaic needs it, which is after its first block has come through every pool."""
+        while len(self.actors) < self.count:
             self.actors.append(cast(ActorHandle, self.cls.remote()))
-            return self.actors[-1]
+
+    def _least_busy(self) -> ActorHandle:
+        """The assembler with the fewest mosaics in hand; a new one while none is idle and the count allows."""
         load = {id(actor): 0 for actor in self.actors}
         for actor in self.owner.values():
             load[id(actor)] += 1
+        if 0 not in load.values() and len(self.actors) < self.count:
+            self.actors.append(cast(ActorHandle, self.cls.remote()))
+            return self.actors[-1]
         return min(self.actors, key=lambda actor: load[id(actor)])
 
     def ready(self, number: int, indexes: list[int], written_before: Callable[[], list[int]]) -> None:

@@ -401,6 +401,10 @@ def run_segment(plan: SegmentPlan) -> dict:
     for number in [n for n, count in pending.items() if count == 0]:
         finish(number)
     items = _descriptors(plan)
+    seg = cfg.segment
+    if items and seg.actors * seg.cpus_per_actor + seg.cpus_per_reader + seg.cpus_per_writer + \
+            assemblies.count * seg.cpus_per_assembly <= ray.cluster_resources().get("CPU", 0):
+        assemblies.start()  # beside the stream's pools (see its docstring)
     try:
         for row in (_dataset(plan, items).iter_rows() if items else ()):
             number = int(row["input"])
