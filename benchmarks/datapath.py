@@ -57,10 +57,11 @@ def config(*overrides: str):
     from segcore.config import load_config
 
     return load_config(REPO / "configs" / "segment.yaml", [
-        # A device actor needs little CPU of its own (it waits on the device); one assembly task of 0.5 CPU leaves
-        # the readers and writers a CPU between them on 2 cores.
-        "segment.actors=1", "segment.cpus_per_actor=0.5", "segment.torch_threads=1", "segment.cpus_per_assembly=0.5",
-        *overrides])
+        # A device actor needs little CPU of its own (it waits on the device) and works on two blocks at once, as
+        # configs/cluster-segment.yaml's; one assembler of 0.5 CPU leaves the readers and writers a CPU between
+        # them on 2 cores.
+        "segment.actors=1", "segment.cpus_per_actor=0.5", "segment.torch_threads=1", "segment.blocks_per_actor=2",
+        "segment.cpus_per_assembly=0.5", *overrides])
 
 
 def run(images: list[Path], labels: list[Path], output: Path, cfg, checkpoint: str, device) -> dict:

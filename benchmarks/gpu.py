@@ -145,7 +145,7 @@ def section_pipeline(args, res: dict, device) -> None:
         f"segment.tile_size={TILE}", "segment.overlap=64", f"segment.batch_size={c['batch']}", "segment.actors=1",
         f"segment.gpus_per_actor={gpus}", f"segment.cpus_per_actor={args.actor_cpus}",
         f"segment.precision={c['precision']}", f"segment.channels_last={str(c['channels_last']).lower()}",
-        f"segment.compile={str(c['compile']).lower()}", "segment.threshold=0.5"])
+        f"segment.compile={str(c['compile']).lower()}", "segment.threshold=0.5", "segment.blocks_per_actor=2"])
     output = work / "out-gpu-pipeline"
     shutil.rmtree(output, ignore_errors=True)
     try:

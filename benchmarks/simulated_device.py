@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 
 import torch
@@ -25,18 +26,22 @@ class SimulatedDevice(torch.nn.Module):
     def __init__(self, seconds_per_tile: float, busy_log: str | None = None):
         super().__init__()
         self.seconds_per_tile, self.busy_log = seconds_per_tile, busy_log
+        # One pass at a time, as on one GPU, however many of the actor's threads (segment.blocks_per_actor) call.
+        self.one_pass = threading.Lock()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        started = time.time()
-        coarse = x[:, :3, ::COARSE, ::COARSE].float().mean(dim=1, keepdim=True)
-        logits = F.interpolate(40.0 * (coarse - 0.5), size=x.shape[-2:], mode="nearest")
-        remaining = started + self.seconds_per_tile * x.shape[0] - time.time()
-        if remaining > 0:
-            time.sleep(remaining)  # releases the GIL: the actor's other threads run meanwhile, as beside a GPU
+        with self.one_pass:
+            started = time.time()
+            coarse = x[:, :3, ::COARSE, ::COARSE].float().mean(dim=1, keepdim=True)
+            logits = F.interpolate(40.0 * (coarse - 0.5), size=x.shape[-2:], mode="nearest")
+            remaining = started + self.seconds_per_tile * x.shape[0] - time.time()
+            if remaining > 0:
+                time.sleep(remaining)  # releases the GIL: the actor's other threads run meanwhile, as beside a GPU
+            finished = time.time()
         if self.busy_log:
             # One short append per pass: lines from several actors interleave whole.
             with open(self.busy_log, "a") as log:
-                log.write(f"{started:.6f} {time.time():.6f} {x.shape[0]}\n")
+                log.write(f"{started:.6f} {finished:.6f} {x.shape[0]}\n")
         return logits
 
     @staticmethod

@@ -223,6 +223,10 @@ class SegmentConfig:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0  # 1 on GPU clusters; 0 runs CPU actors (local mode)
     torch_threads: int = 0  # intra-op threads per CPU actor; 0 = cpus_per_actor
+    # Blocks each inference actor works on at once. With 2, a GPU runs one block's forward passes while the
+    # actor unpacks the next block, cuts its first tiles and hands the last one's results on; on a CPU actor
+    # both would share its cores.
+    blocks_per_actor: int = 1
     # The CPU stages around inference scale with the CPUs, not with the GPUs: block readers (read and decode)
     # and writers (block files, building vectors) are actor pools of up to this many (0: half each of the
     # cluster's CPUs beyond the inference actors and the assemblers). Assemblers build mosaics' outputs from
@@ -257,6 +261,7 @@ class SegmentConfig:
         _check(f"{at}.cpus_per_actor", self.cpus_per_actor, self.cpus_per_actor > 0, "a number > 0")
         _check(f"{at}.gpus_per_actor", self.gpus_per_actor, self.gpus_per_actor >= 0, "a number >= 0")
         _check(f"{at}.torch_threads", self.torch_threads, self.torch_threads >= 0, "an integer >= 0")
+        _check(f"{at}.blocks_per_actor", self.blocks_per_actor, self.blocks_per_actor >= 1, "an integer >= 1")
         for name in ("readers", "writers"):
             _check(f"{at}.{name}", getattr(self, name), getattr(self, name) >= 0, "an integer >= 0 (0: from the CPUs)")
         _check(f"{at}.assemblers", self.assemblers, self.assemblers >= 1, "an integer >= 1")

@@ -344,7 +344,9 @@ def _dataset(plan: SegmentPlan, items: list[dict]):
                  num_cpus=seg.cpus_per_reader, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=readers))
             .map_batches(BlockSegmenter, fn_constructor_kwargs=dict(
                 checkpoint=plan.checkpoint, cfg=cfg, threshold=plan.threshold, model_factory=plan.model_factory),
-                batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=seg.actors),
+                batch_size=1, batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=seg.actors, max_concurrent_calls_per_actor=seg.blocks_per_actor,
+                                                   enable_true_multi_threading=seg.blocks_per_actor > 1),
                 num_cpus=seg.cpus_per_actor, num_gpus=seg.gpus_per_actor)
             .map(BlockWriter,  # type: ignore[arg-type]
                  fn_constructor_kwargs=dict(s3=cfg.s3, keep_probability=seg.write_probability,

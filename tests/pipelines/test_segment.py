@@ -245,6 +245,14 @@ def rerun(first_run, inputs, checkpoint, s3_server, tmp_path_factory):
     return out, summary, err
 
 
+def test_two_blocks_at_once_per_inference_actor_give_the_same_mask(first_run, inputs, checkpoint, tmp_path):
+    """segment.blocks_per_actor=2 runs two blocks' calls in the actor at once (threads sharing its model)."""
+    out, _, _ = first_run
+    summary, err = segment([inputs / "odd.tif"], tmp_path / "out", checkpoint, "segment.blocks_per_actor=2")
+    assert summary["ok"] == 1 and summary["blocks_computed"] > 2, err
+    assert (tmp_path / "out" / "odd" / "mask.tif").read_bytes() == (out / "odd" / "mask.tif").read_bytes()
+
+
 def test_resume_recomputes_only_missing_blocks_and_gives_identical_bytes(first_run, rerun):
     out, summary, _ = rerun
     entries = by_key(summary)
