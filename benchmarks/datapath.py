@@ -7,7 +7,7 @@
 
 The model is replaced by benchmarks/simulated_device.py (through run_segment's model_factory): it sleeps for
 a set time per tile and computes next to nothing, so every CPU-second counted is data path. The pipeline
-around it is the product's: readers, inference actor, writers, assembly tasks, block files, COGs, previews,
+around it is the product's: readers, inference actor, writers, assemblers, block files, COGs, previews,
 metrics against the labels, polygons when on. Defaults are configs/segment.yaml's (tile 384, overlap 64).
 
 - cost: a generated city with its labels, device time 0, after one warm-up run. CPU-seconds per megapixel

@@ -28,7 +28,7 @@ compare, scale, s3, train.
 Ray: the script starts its own local Ray with one logical CPU per core. The segment pipeline runs one
 inference actor per core, each with one torch thread (on 2 cores that is 1.16x the tiles/s of one actor
 with 2 threads, which also stalls whenever another process takes one of its cores), and the actors leave
-one logical CPU to a block reader, a block writer and the assembly task (as configs/dev.yaml). Reading
+one logical CPU to a block reader, a block writer and the assembler (as configs/dev.yaml). Reading
 therefore shares the cores with compute, and its cost is part of the pipeline's wall time. Training runs on
 a fresh local Ray (as benchmarks/train_to_iou.py).
 Ray's own start (ray.init) happens once and is reported separately; each pipeline run's wall time counts

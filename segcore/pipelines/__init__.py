@@ -1,7 +1,7 @@
 """Ray orchestration of the jobs: the only part of segcore that imports ray.
 
 - `prepare`: a Ray task per mosaic cuts patches.   - `train`, `evaluate`: Ray Train / Ray Data on patches.
-- `segment`: a Ray Data stream of blocks (`blocks`: its CPU stages) and an assembly task per mosaic.
+- `segment`: a Ray Data stream of blocks (`blocks`: its CPU stages) and the assemblers beside it (`assembly`).
 """
 from collections.abc import Iterable
 
