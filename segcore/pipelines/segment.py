@@ -40,7 +40,7 @@ import torch
 from rasterio.errors import NotGeoreferencedWarning
 
 from segcore.checkpoint import load_model
-from segcore.config import DEFAULT_THRESHOLD, Config, InputConfig
+from segcore.config import DEFAULT_THRESHOLD, Config, InputConfig, SegmentConfig
 from segcore.errors import InputError
 from segcore.inference import pick_device, predict_block, resample_probability, to_mask, to_probability_bytes
 from segcore.labels import match_labels, open_labels
@@ -329,13 +329,18 @@ def _pool_size(setting: int, cpus_each: float, spare: float) -> int:
     return setting or max(1, math.floor(spare / cpus_each))
 
 
+def _cpus_beside(seg: SegmentConfig, assemblers: int) -> float:
+    """The cluster's CPUs beyond the inference actors and `assemblers` assemblers: the readers' and writers'."""
+    reserved = seg.actors * seg.cpus_per_actor + assemblers * seg.cpus_per_assembly
+    return ray.cluster_resources().get("CPU", 0.0) - reserved
+
+
 def _dataset(plan: SegmentPlan, items: list[dict]):
     cfg = plan.cfg
     seg = cfg.segment
     # Readers and writers share the CPUs beside the inference actors and the assemblers, so that mosaics are
     # assembled while the stream runs instead of after the pools wind down.
-    reserved = seg.actors * seg.cpus_per_actor + seg.assemblers * seg.cpus_per_assembly
-    spare = max(0.0, ray.cluster_resources().get("CPU", 1.0) - reserved) / 2
+    spare = max(0.0, _cpus_beside(seg, seg.assemblers)) / 2
     readers = _pool_size(seg.readers, seg.cpus_per_reader, spare)
     writers = _pool_size(seg.writers, seg.cpus_per_writer, spare)
     return (ray.data.from_items(items, override_num_blocks=len(items))
@@ -404,8 +409,7 @@ def run_segment(plan: SegmentPlan) -> dict:
         finish(number)
     items = _descriptors(plan)
     seg = cfg.segment
-    if items and seg.actors * seg.cpus_per_actor + seg.cpus_per_reader + seg.cpus_per_writer + \
-            assemblies.count * seg.cpus_per_assembly <= ray.cluster_resources().get("CPU", 0):
+    if items and _cpus_beside(seg, assemblies.count) >= seg.cpus_per_reader + seg.cpus_per_writer:
         assemblies.start()  # beside the stream's pools (see its docstring)
     try:
         for row in (_dataset(plan, items).iter_rows() if items else ()):
