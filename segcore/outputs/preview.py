@@ -17,6 +17,8 @@ from segcore.raster.cog import MASK_BUILDING, MASK_NODATA
 from segcore.raster.grid import Block
 
 FILL = np.array([255, 60, 30], np.float32)  # translucent red-orange over buildings
+# Buildings show 55 % imagery and 45 % FILL: a lookup table per channel (OpenCV applies it in one pass).
+TINT = np.rint(0.55 * np.arange(256, dtype=np.float32)[:, None] + 0.45 * FILL).astype(np.uint8).reshape(256, 1, 3)
 EDGE = np.array([255, 230, 0], np.uint8)  # solid yellow outlines
 NODATA = np.array([40, 40, 40], np.uint8)
 
@@ -43,9 +45,9 @@ def thumbnail(rgb: np.ndarray, block: Block, scale: float) -> np.ndarray:
     shape = (rows.stop - rows.start, cols.stop - cols.start)
     if 0 in shape:
         return np.zeros((3, *shape), np.uint8)
-    resized = cv2.resize(np.ascontiguousarray(rgb.transpose(1, 2, 0)), (shape[1], shape[0]),
-                         interpolation=cv2.INTER_AREA)
-    return resized.reshape(shape[0], shape[1], 3).transpose(2, 0, 1)
+    # Band by band: OpenCV's area averaging of one plane is several times faster than of interleaved RGB, and
+    # the planes need no transposed copy. The result is the same.
+    return np.stack([cv2.resize(band, (shape[1], shape[0]), interpolation=cv2.INTER_AREA) for band in rgb])
 
 
 class PreviewCanvas:
@@ -88,8 +90,7 @@ class PreviewCanvas:
         else:
             building = (self.mask == MASK_BUILDING).astype(np.uint8)
             outline = building - cv2.erode(building, np.ones((3, 3), np.uint8))
-        tinted = (0.55 * self.rgb + 0.45 * FILL).astype(np.uint8)
-        view = np.where(building[..., None] == 1, tinted, self.rgb)
-        view[outline == 1] = EDGE
-        view[self.mask == MASK_NODATA] = NODATA
+        view = cv2.copyTo(cv2.LUT(self.rgb, TINT), building, self.rgb.copy())
+        for colour, where in ((EDGE, outline), (NODATA, (self.mask == MASK_NODATA).view(np.uint8))):
+            view = cv2.copyTo(cv2.merge([np.full(where.shape, value, np.uint8) for value in colour]), where, view)
         return cv2.imencode(".png", cv2.cvtColor(view, cv2.COLOR_RGB2BGR))[1].tobytes()

@@ -189,13 +189,11 @@ def read_rgb(dataset, window: Window, input_cfg: InputConfig, scale: float = 1.0
     `scale` resamples as GDAL reads (bilinear; the mask nearest): h and w are the window's times `scale`.
     """
     height, width = round(int(window.height) * scale), round(int(window.width) * scale)
-    rgb = np.zeros((3, height, width), np.uint8)
-    valid = np.zeros((height, width), bool)
     row0, col0 = int(window.row_off), int(window.col_off)
     r0, c0 = max(row0, 0), max(col0, 0)
     r1, c1 = min(row0 + int(window.height), dataset.height), min(col0 + int(window.width), dataset.width)
     if r1 <= r0 or c1 <= c0:
-        return rgb, valid
+        return np.zeros((3, height, width), np.uint8), np.zeros((height, width), bool)
     inner = Window(c0, r0, c1 - c0, r1 - r0)
     # Where the raster's part of the window lands in the output; rounding keeps both ends on the same grid.
     out = (slice(None), slice(round((r0 - row0) * scale), round((r1 - row0) * scale)),
@@ -203,18 +201,29 @@ def read_rgb(dataset, window: Window, input_cfg: InputConfig, scale: float = 1.0
     shape = (len(input_cfg.bands), out[1].stop - out[1].start, out[2].stop - out[2].start)
     resampled = {} if scale == 1 else {"out_shape": shape, "resampling": Resampling.bilinear}
     nodata = input_cfg.nodata
+    # Most mosaics have no nodata, alpha or mask band: every pixel is valid, and GDAL's mask need not be read.
+    all_valid = nodata is None and all(MaskFlags.all_valid in dataset.mask_flag_enums[band - 1]
+                                       for band in input_cfg.bands)
     try:
         raw = dataset.read(input_cfg.bands, window=inner, **resampled)
-        if nodata is None:
+        if nodata is None and not all_valid:
             masks = dataset.read_masks(input_cfg.bands, window=inner, **({} if scale == 1 else {"out_shape": shape}))
-            inside = np.any(masks > 0, axis=0)
+            inside = np.bitwise_or.reduce(masks, axis=0) > 0
     except RasterioIOError as exc:
         raise _read_failure(dataset, f"read failed at window {inner}", exc) from None
-    if nodata is not None:
+    if all_valid:
+        inside = np.ones(shape[1:], bool)
+    elif nodata is not None:
         inside = ~np.all(np.isnan(raw), axis=0) if np.isnan(nodata) else \
             ~np.all(raw == np.asarray(nodata, raw.dtype), axis=0)
-    rgb[out] = to_uint8(np.nan_to_num(raw) if raw.dtype.kind == "f" else raw, input_cfg.scale_max)
-    rgb[out] *= inside
+    pixels = to_uint8(np.nan_to_num(raw) if raw.dtype.kind == "f" else raw, input_cfg.scale_max)
+    if not all_valid:
+        pixels *= inside
+    if shape[1:] == (height, width):  # the window lies inside the raster: no copy into a zero canvas
+        return pixels, inside
+    rgb = np.zeros((3, height, width), np.uint8)
+    valid = np.zeros((height, width), bool)
+    rgb[out] = pixels
     valid[out[1:]] = inside
     return rgb, valid
 

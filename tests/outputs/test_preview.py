@@ -55,3 +55,15 @@ def test_footprints_replace_the_mask_outline():
     view = cv2.cvtColor(cv2.imdecode(np.frombuffer(canvas.png(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     assert (view[60, 65] != 90).any() and (view[20, 20] == 90).all()  # the footprint is tinted, the raw mask not
     assert tuple(view[50, 65]) == (255, 230, 0)  # its outline
+
+
+def test_buildings_are_tinted_outlined_and_nodata_is_grey():
+    canvas = PreviewCanvas(60, 40, 60)
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:30, 10:30] = 1
+    mask[:, 50:] = MASK_NODATA
+    canvas.add(plan_blocks(60, 40, 60)[0], np.full((3, 40, 60), 100, np.uint8), mask)
+    view = cv2.cvtColor(cv2.imdecode(np.frombuffer(canvas.png(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert np.abs(view[20, 20].astype(int) - (169.75, 82, 68.5)).max() <= 0.5  # 0.55 x 100 + 0.45 x (255, 60, 30)
+    assert tuple(view[10, 20]) == (255, 230, 0) and tuple(view[20, 29]) == (255, 230, 0)  # the outline
+    assert tuple(view[5, 5]) == (100, 100, 100) and tuple(view[20, 55]) == (40, 40, 40)

@@ -265,3 +265,13 @@ def test_resampled_reads_keep_the_mask_on_the_new_grid(kind, tmp_path):
         inside = _doubled(~hole())
         inside[1:-1] &= inside[:-2] & inside[2:]  # away from the hole's rim, where bilinear mixes in masked pixels
         assert np.abs(pixels[:, inside].astype(int).mean() - RGB[:, ~hole()].mean()) < 3
+
+
+def test_raster_without_mask_or_nodata_is_valid_everywhere_inside_it(tmp_path):
+    path = tmp_path / "plain.tif"
+    write_geotiff(path, RGB)
+    rgb, valid = read_all(path)
+    assert valid.all() and np.array_equal(rgb, RGB) and rgb.flags.writeable
+    rgb, valid = read_all(path, window=Window(50, -5, 20, 20))  # past the right and top edges
+    assert np.array_equal(valid, np.pad(np.ones((15, 10), bool), ((5, 0), (0, 10))))
+    assert np.array_equal(rgb[:, 5:, :10], RGB[:, :15, 50:]) and not rgb[:, ~valid].any()
